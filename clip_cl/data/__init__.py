@@ -1,0 +1,50 @@
+"""Data for continual learning of CLIP: dataset specs, COCO builders, image transforms and the session protocol.
+
+```python
+from clip_cl.data import Protocol, with_image_transform, collate_classification
+
+protocol = Protocol.from_dict({
+    "update_train": {"name": "fashion_mnist", "path": "examples/data/fashion_mnist", "split": "train"},
+    "update_test": {"name": "fashion_mnist", "path": "examples/data/fashion_mnist", "split": "test"},
+    "num_sessions": 5,
+})
+train = with_image_transform(protocol.session_train(0), processor.image_processor, train=True, label_column="label")
+```
+"""
+
+from .coco import CocoCaptions, CocoCaptionsConfig, CocoObjects, CocoObjectsConfig, load_coco
+from .protocol import Protocol, build_sessions
+from .specs import BUILDERS, DatasetSpec, class_names_of, infer_builder, label_array, load_spec, subsample
+from .transforms import (
+    CorruptImageError,
+    ImageTransform,
+    build_image_transform,
+    collate_classification,
+    collate_retrieval,
+    verify_images,
+    with_image_transform,
+)
+
+__all__ = [
+    "BUILDERS",
+    "CocoCaptions",
+    "CocoCaptionsConfig",
+    "CocoObjects",
+    "CocoObjectsConfig",
+    "CorruptImageError",
+    "DatasetSpec",
+    "ImageTransform",
+    "Protocol",
+    "build_image_transform",
+    "build_sessions",
+    "class_names_of",
+    "collate_classification",
+    "collate_retrieval",
+    "infer_builder",
+    "label_array",
+    "load_coco",
+    "load_spec",
+    "subsample",
+    "verify_images",
+    "with_image_transform",
+]

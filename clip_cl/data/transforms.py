@@ -1,0 +1,335 @@
+"""Image transforms in PIL + torch (no torchvision), sized from the model's image processor.
+
+Training follows the paper (Ding et al. 2022, after the ImageNet recipe): resize the shortest edge to
+`round(crop * 256 / 224)`, random crop to the crop size, random horizontal flip. Evaluation is CLIP's own preprocessing:
+resize the shortest edge to `size["shortest_edge"]`, centre crop. Both end with CLIP's mean/std normalisation, so
+the same code serves the 32 px test model and 224 px CLIP. Randomness comes from torch's global RNG:
+`torch.manual_seed` makes a run reproducible, and `DataLoader` workers get distinct streams.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from PIL import Image
+
+__all__ = [
+    "CorruptImageError",
+    "ImageTransform",
+    "build_image_transform",
+    "collate_classification",
+    "collate_retrieval",
+    "verify_images",
+    "with_image_transform",
+]
+
+logger = logging.getLogger(__name__)
+
+# The paper's training resize: 256 px before a 224 px crop, scaled to the model's crop size.
+TRAIN_RESIZE_RATIO = 256 / 224
+
+
+class CorruptImageError(ValueError):
+    """An image of a dataset could not be decoded."""
+
+
+def _get(size: Any, key: str) -> int | None:
+    """Read a field of a processor size (a dict, a transformers `SizeDict`, or a bare int)."""
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return size
+    value = size.get(key) if isinstance(size, Mapping) else getattr(size, key, None)
+    return int(value) if value is not None else None
+
+
+class ImageTransform:
+    """PIL image -> normalised `FloatTensor[3, H, W]`. Picklable, so it works inside `DataLoader` workers.
+
+    Args:
+        crop_size (`tuple[int, int]`): output `(height, width)`.
+        resize (`int` or `tuple[int, int]`): an int resizes the shortest edge to it (aspect kept); a pair resizes to
+            exactly `(height, width)`.
+        mean (`Sequence[float]`): per-channel mean subtracted after scaling to `[0, 1]`.
+        std (`Sequence[float]`): per-channel standard deviation divided by.
+        train (`bool`): random crop and horizontal flip if `True`, centre crop if `False`.
+        resample (`int`, defaults to bicubic): PIL resampling filter (CLIP uses bicubic).
+    """
+
+    def __init__(self, crop_size: tuple[int, int], resize: int | tuple[int, int], mean: Sequence[float],
+                 std: Sequence[float], train: bool, resample: int = Image.BICUBIC):
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.resize = resize if isinstance(resize, int) else (int(resize[0]), int(resize[1]))
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.train = train
+        self.resample = resample
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(train={self.train}, resize={self.resize}, crop_size={self.crop_size}, "
+                f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})")
+
+    def _resize(self, image: Image.Image) -> Image.Image:
+        if isinstance(self.resize, tuple):
+            height, width = self.resize
+        else:
+            # Never below the crop: a crop larger than the image would need padding, which CLIP never saw.
+            short = max(self.resize, *self.crop_size)
+            w, h = image.size
+            # int() rounding as transformers' `get_resize_output_image_size`, so evaluation matches CLIPProcessor.
+            height, width = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+        if (width, height) == image.size:
+            return image
+        return image.resize((width, height), resample=self.resample)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.mode != "RGB":  # Fashion-MNIST is "L", some PNGs are "P"/"RGBA", some COCO JPEGs are "CMYK"
+            image = image.convert("RGB")
+        image = self._resize(image)
+        w, h = image.size
+        ch, cw = self.crop_size
+        if self.train:
+            top = int(torch.randint(0, max(h - ch, 0) + 1, (1,)))
+            left = int(torch.randint(0, max(w - cw, 0) + 1, (1,)))
+        else:
+            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        image = image.crop((left, top, left + cw, top + ch))
+        if self.train and bool(torch.rand(()) < 0.5):
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+        return (pixels - self.mean) / self.std
+
+
+def build_image_transform(image_processor, train: bool) -> ImageTransform:
+    """The training or evaluation transform for a model, sized from its image processor.
+
+    Args:
+        image_processor: the model's image processor (`processor.image_processor`); reads `crop_size`
+            (`{height, width}`), `size` (`{shortest_edge}`, or `{height, width}`), `image_mean`, `image_std` and
+            `resample`.
+        train (`bool`): training transform (resize to `round(crop * 256 / 224)`, random crop, random horizontal flip)
+            or evaluation transform (resize to `size["shortest_edge"]`, centre crop).
+
+    Returns:
+        `ImageTransform`: a callable `PIL.Image -> FloatTensor[3, H, W]`.
+    """
+    size = getattr(image_processor, "size", None)
+    crop = getattr(image_processor, "crop_size", None)
+    if not getattr(image_processor, "do_center_crop", True) or _get(crop, "height") is None:
+        crop = size  # processors that resize to a fixed (height, width) and do not crop
+    crop_hw = (_get(crop, "height"), _get(crop, "width"))
+    shortest = _get(size, "shortest_edge")
+    if None in crop_hw:
+        if shortest is None:
+            raise ValueError(f"Cannot read the image size from {type(image_processor).__name__}: it has neither "
+                             f"crop_size {{height, width}} nor size {{shortest_edge}} (size={size}, crop_size={crop}).")
+        crop_hw = (shortest, shortest)
+    mean = getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
+    std = getattr(image_processor, "image_std", None) or (0.5, 0.5, 0.5)
+    resample = getattr(image_processor, "resample", None)
+    resample = int(resample) if resample is not None else Image.BICUBIC
+    if train:
+        resize: int | tuple[int, int] = round(max(crop_hw) * TRAIN_RESIZE_RATIO)
+    elif shortest is not None:
+        resize = shortest
+    else:
+        resize = (_get(size, "height"), _get(size, "width"))
+    return ImageTransform(crop_hw, resize, mean, std, train=train, resample=resample)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decoding with errors that point at the row
+
+
+def _undecoded(dataset: datasets.Dataset, image_column: str) -> datasets.Dataset:
+    """The dataset with its image column left as `{"bytes", "path"}`, so decoding happens (and fails) in our code."""
+    feature = dataset.features.get(image_column)
+    if not isinstance(feature, datasets.Image):
+        raise ValueError(f"Column {image_column!r} is {feature}, not a datasets.Image; available columns: "
+                         f"{dataset.column_names}.")
+    if not feature.decode:
+        return dataset
+    return dataset.cast_column(image_column, datasets.Image(mode=feature.mode, decode=False))
+
+
+def _find_row(raw: datasets.Dataset, image_column: str, value: Mapping[str, Any]) -> int | None:
+    """Index of the first row whose stored image equals `value` (only called on the error path: a linear scan)."""
+    needle_bytes, needle_path = value.get("bytes"), value.get("path")
+    start = 0
+    for batch in raw.select_columns([image_column]).with_format("arrow").iter(batch_size=4096):
+        column = batch.column(0).combine_chunks()
+        if needle_bytes is not None:
+            hits = pc.equal(column.field("bytes"), pa.scalar(needle_bytes, column.type.field("bytes").type))
+        else:
+            hits = pc.equal(column.field("path"), pa.scalar(needle_path, column.type.field("path").type))
+        found = pc.index(hits, True).as_py()
+        if found >= 0:
+            return start + found
+        start += len(column)
+    return None
+
+
+def _corrupt_message(name: str | None, index: int | None, value: Mapping[str, Any], err: Exception) -> str:
+    where = f"row {index}" if index is not None else "a row"
+    path = value.get("path") if isinstance(value, Mapping) else None
+    return (f"Could not read the image at {where} of dataset {name or '<unnamed>'!r}"
+            f"{f' (image path {path!r})' if path else ''}: {type(err).__name__}: {err}. Fix: replace or delete that "
+            "image (or row) in the source data, or drop unreadable rows before training with "
+            "`dataset, n_dropped = clip_cl.data.verify_images(dataset, skip_corrupt=True)`.")
+
+
+def _decode(value: Any, feature: datasets.Image) -> Image.Image:
+    if value is None:
+        raise ValueError("the image is missing (None)")
+    # `datasets`' own decoder resolves relative and hf:// paths and forces the pixels to load, so truncated files fail.
+    return datasets.Image(mode=feature.mode).decode_example(value)
+
+
+class _RowTransform:
+    """The batch transform installed by [`with_image_transform`] (a class rather than a closure, to be picklable)."""
+
+    def __init__(self, raw: datasets.Dataset, image_transform: Callable, image_column: str, label_column: str | None,
+                 captions_column: str | None, dataset_name: str | None):
+        self.raw = raw  # kept only to locate a corrupt image's row for the error message
+        self.feature = raw.features[image_column]
+        self.image_transform = image_transform
+        self.image_column = image_column
+        self.label_column = label_column
+        self.captions_column = captions_column
+        self.dataset_name = dataset_name
+
+    def _pixels(self, value: Any) -> torch.Tensor:
+        try:
+            image = _decode(value, self.feature)
+        except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+            index = _find_row(self.raw, self.image_column, value) if isinstance(value, Mapping) else None
+            raise CorruptImageError(_corrupt_message(self.dataset_name, index, value or {}, err)) from err
+        return self.image_transform(image)
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        out: dict[str, list] = {"pixel_values": [self._pixels(v) for v in batch[self.image_column]]}
+        if self.label_column is not None:
+            out["labels"] = [int(v) for v in batch[self.label_column]]
+        if self.captions_column is not None:
+            out["captions"] = [[c] if isinstance(c, str) else list(c) for c in batch[self.captions_column]]
+        return out
+
+
+def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: bool, image_column: str = "image",
+                         label_column: str | None = None, captions_column: str | None = None,
+                         dataset_name: str | None = None) -> datasets.Dataset:
+    """A view of `dataset` whose rows are model inputs, transformed lazily (`dataset.with_transform`) as they are read.
+
+    Args:
+        dataset (`datasets.Dataset`): the split, with a `datasets.Image` column.
+        image_processor: the model's image processor, read by [`build_image_transform`].
+        train (`bool`): training (random) or evaluation (deterministic) transform.
+        image_column (`str`, defaults to `"image"`): the image column.
+        label_column (`str`, *optional*): for classification: rows get `"labels"` (an `int`).
+        captions_column (`str`, *optional*): for retrieval: rows get `"captions"` (a `list[str]`).
+        dataset_name (`str`, *optional*): named in the error raised for an unreadable image.
+
+    Returns:
+        `datasets.Dataset`: rows `{"pixel_values": FloatTensor[3, H, W], "labels": int}` or
+        `{"pixel_values", "captions": list[str]}`. An unreadable image raises [`CorruptImageError`] naming the
+        dataset, the row and the image path. Batch rows with [`collate_classification`] / [`collate_retrieval`].
+    """
+    for column in (image_column, label_column, captions_column):
+        if column is not None and column not in dataset.column_names:
+            raise ValueError(f"Column {column!r} not found in dataset {dataset_name or '<unnamed>'!r}; available "
+                             f"columns: {dataset.column_names}.")
+    raw = _undecoded(dataset, image_column)
+    transform = _RowTransform(raw, build_image_transform(image_processor, train), image_column, label_column,
+                              captions_column, dataset_name)
+    columns = [c for c in (image_column, label_column, captions_column) if c is not None]
+    return raw.with_transform(transform, columns=columns)
+
+
+def verify_images(dataset: datasets.Dataset, *, image_column: str = "image", dataset_name: str | None = None,
+                  skip_corrupt: bool = False, batch_size: int = 256) -> tuple[datasets.Dataset, int]:
+    """Decode every image once, and either fail on the first unreadable one or drop all unreadable rows.
+
+    This is a full pass over the images (seconds for thousands of small images, longer for big sets): run it once
+    on data of unknown quality rather than on every epoch.
+
+    Args:
+        dataset (`datasets.Dataset`): the split.
+        image_column (`str`, defaults to `"image"`): the image column.
+        dataset_name (`str`, *optional*): named in errors and in the log line.
+        skip_corrupt (`bool`, defaults to `False`): drop unreadable rows instead of raising [`CorruptImageError`].
+        batch_size (`int`, defaults to 256): rows read at a time.
+
+    Returns:
+        `tuple[datasets.Dataset, int]`: the dataset without the unreadable rows (unchanged if none), and how many rows
+        were dropped (report it with the results).
+    """
+    raw = _undecoded(dataset, image_column)
+    feature = raw.features[image_column]
+    bad: list[int] = []
+    start = 0
+    for batch in raw.select_columns([image_column]).iter(batch_size=batch_size):
+        for offset, value in enumerate(batch[image_column]):
+            try:
+                _decode(value, feature)
+            except Exception as err:  # PIL raises many types; every one means "cannot train on this row"
+                if not skip_corrupt:
+                    raise CorruptImageError(_corrupt_message(dataset_name, start + offset, value or {}, err)) from err
+                bad.append(start + offset)
+        start += len(batch[image_column])
+    if not bad:
+        return dataset, 0
+    logger.warning("Dropped %d unreadable image(s) from dataset %r (rows %s%s).", len(bad), dataset_name or "<unnamed>",
+                   bad[:10], ", ..." if len(bad) > 10 else "")
+    keep = np.setdiff1d(np.arange(len(dataset)), np.asarray(bad))
+    return dataset.select(keep), len(bad)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Collation
+
+
+def _stack_pixels(rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    if not rows:
+        raise ValueError("Cannot collate an empty batch.")
+    if "pixel_values" not in rows[0]:
+        raise KeyError(f"Rows have no 'pixel_values' (keys: {sorted(rows[0])}); build the dataset with "
+                       "with_image_transform.")
+    return torch.stack([row["pixel_values"] for row in rows])
+
+
+def collate_classification(rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """Batch classification rows.
+
+    Args:
+        rows (`Sequence[dict]`): rows of [`with_image_transform`] with `label_column` set.
+
+    Returns:
+        `dict`: `{"pixel_values": FloatTensor[B, 3, H, W], "labels": LongTensor[B]}`.
+    """
+    pixels = _stack_pixels(rows)
+    if "labels" not in rows[0]:
+        raise KeyError("Rows have no 'labels'; pass label_column to with_image_transform.")
+    return {"pixel_values": pixels, "labels": torch.tensor([int(row["labels"]) for row in rows], dtype=torch.long)}
+
+
+def collate_retrieval(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batch retrieval rows.
+
+    Args:
+        rows (`Sequence[dict]`): rows of [`with_image_transform`] with `captions_column` set.
+
+    Returns:
+        `dict`: `{"pixel_values": FloatTensor[B, 3, H, W], "captions": list[list[str]]}` (captions per image, in row
+        order; images may have different numbers of captions).
+    """
+    pixels = _stack_pixels(rows)
+    if "captions" not in rows[0]:
+        raise KeyError("Rows have no 'captions'; pass captions_column to with_image_transform.")
+    return {"pixel_values": pixels, "captions": [list(row["captions"]) for row in rows]}

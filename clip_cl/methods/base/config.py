@@ -1,0 +1,188 @@
+"""`CLIPCLConfig`: the method-agnostic fields of every clip-cl run, on top of `transformers.TrainingArguments`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+from transformers.trainer_utils import SaveStrategy, SchedulerType
+from transformers.training_args import OptimizerNames
+
+from ...prompts import DEFAULT_TRAIN_TEMPLATES, DEFAULT_ZERO_SHOT_TEMPLATES, check_templates
+from ...variants import check_variant
+
+__all__ = ["CLIPCLConfig", "PROTOCOLS"]
+
+PROTOCOLS = ("ost", "mst")
+
+
+def _maybe_json(value: Any, name: str) -> Any:
+    """CLI values of dict/list fields arrive as strings: accept JSON there (YAML files give real lists/dicts)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--{name} must be JSON on the command line (e.g. '{{\"path\": \"data/x\"}}'), got {value!r}: "
+                         f"{err}") from err
+
+
+@dataclass
+class CLIPCLConfig(TrainingArguments):
+    r"""
+    Configuration shared by every clip-cl method. Method configs (e.g. [`LwFConfig`]) subclass it and add their own
+    knobs. Defaults are the paper's (Ding et al. 2022): Adam, learning rate 1e-6, batch 100, 15 epochs for OST with
+    StepLR(10 epochs, gamma 0.1), 10 epochs per MST session, gradient clipping 1.0. Mixed precision is `--bf16` /
+    `--fp16` as in any Trainer (the GPU recipes switch it on).
+
+    Parameters that control the model:
+        model_name_or_path (`str`, defaults to `"tiny-random"`):
+            Hub id or local folder of the starting CLIP model, or `"tiny-random"` for the test model.
+        local_files_only (`bool`, defaults to `False`):
+            Never touch the network when loading the model.
+        variant (`str`, defaults to `"WM"`):
+            Which part trains: `WM` whole model, `IO` image encoder only, `TO` text encoder only.
+        train_logit_scale (`bool`, defaults to `False`):
+            Whether CLIP's temperature trains too (WM only).
+
+    Parameters that control the protocol:
+        protocol (`str`, defaults to `"ost"`):
+            `ost`: one session on all update classes; `mst`: `num_sessions` sessions of disjoint class groups.
+        num_sessions (`int`, *optional*):
+            Number of MST sessions (default 5); must be 1 (or unset) for OST.
+        class_order_seed (`int`, defaults to 0):
+            Seed of the class order from which sessions are cut.
+        update_dataset (`dict`):
+            The updated task: a dataset spec (`path`, optional `name`, `builder`, `image_column`, `label_column`,
+            `class_names`, `max_samples`); see `docs/data.md`.
+        update_train_split / update_test_split (`str`, defaults to `"train"` / `"test"`):
+            Splits of the update dataset used for training and for UT-Acc.
+        zero_shot_datasets (`list[dict]`, defaults to `[]`):
+            Held-out classification sets for ZS-Acc, each a dataset spec with a `split`.
+        retrieval_datasets (`list[dict]`, defaults to `[]`):
+            Image-text sets for TR@K / IR@K (an image column and a list-of-captions column).
+
+    Parameters that control prompts and evaluation:
+        train_templates (`list[str]`):
+            Prompt templates of the class texts during training (paper: `"this is a photo of {} in the scene ."`).
+        zero_shot_templates (`list[str]`):
+            Prompt templates for zero-shot and UT-Acc evaluation (paper: `"this is a photo of {} ."`).
+        eval_before_training (`bool`, defaults to `True`):
+            Evaluate the starting model (the "before" row).
+        max_eval_samples (`int`, *optional*):
+            Cap every evaluation set at this many (seeded) samples, for quick runs.
+        step_lr_epochs (`float`, *optional*, defaults to 10):
+            Decay the learning rate by `step_lr_gamma` every this many epochs (the paper's StepLR); `None` uses
+            `lr_scheduler_type` instead.
+        step_lr_gamma (`float`, defaults to 0.1):
+            Decay factor of the step schedule.
+
+    Parameters that control the run folder:
+        save_session_models (`bool`, defaults to `True`):
+            Keep every session's checkpoint under `session_<t>/model` (otherwise only the latest and `model/`).
+        overwrite_run (`bool`, defaults to `False`):
+            Delete what `output_dir` holds and start over. Without it, a folder holding the same run resumes and a
+            folder holding a different run is refused.
+    """
+
+    # ---- model
+    model_name_or_path: str = field(default="tiny-random", metadata={
+        "help": "Hub id or local folder of the starting CLIP model, or 'tiny-random' for a small random test model."})
+    local_files_only: bool = field(default=False, metadata={"help": "Never touch the network when loading the model."})
+    variant: str = field(default="WM", metadata={
+        "help": "Which part trains: WM (whole model), IO (image encoder only) or TO (text encoder only)."})
+    train_logit_scale: bool = field(default=False, metadata={"help": "Train CLIP's temperature too (WM only)."})
+
+    # ---- protocol
+    protocol: str = field(default="ost", metadata={
+        "help": "'ost': one session on all update classes; 'mst': num_sessions sessions of disjoint class groups."})
+    num_sessions: int | None = field(default=None, metadata={"help": "Number of MST sessions (default 5)."})
+    class_order_seed: int = field(default=0, metadata={"help": "Seed of the class order sessions are cut from."})
+    update_dataset: dict | str | None = field(default=None, metadata={
+        "help": "Update-task dataset spec (JSON on the CLI): path, name, builder, image_column, label_column, "
+                "class_names, max_samples. See docs/data.md."})
+    update_train_split: str = field(default="train", metadata={"help": "Split of the update dataset to train on."})
+    update_test_split: str = field(default="test", metadata={"help": "Split of the update dataset for UT-Acc."})
+    zero_shot_datasets: list | str | None = field(default=None, metadata={
+        "help": "List of held-out classification dataset specs (each with a split) for ZS-Acc."})
+    retrieval_datasets: list | str | None = field(default=None, metadata={
+        "help": "List of image-text dataset specs (image + list-of-captions columns) for TR@K / IR@K."})
+
+    # ---- prompts and evaluation
+    train_templates: list[str] = field(default_factory=lambda: list(DEFAULT_TRAIN_TEMPLATES), metadata={
+        "help": "Prompt templates of class texts during training; '{}' is the class name."})
+    zero_shot_templates: list[str] = field(default_factory=lambda: list(DEFAULT_ZERO_SHOT_TEMPLATES), metadata={
+        "help": "Prompt templates for zero-shot and UT-Acc evaluation; several make an ensemble."})
+    eval_before_training: bool = field(default=True, metadata={"help": "Evaluate the starting model first."})
+    max_eval_samples: int | None = field(default=None, metadata={
+        "help": "Cap every evaluation set at this many seeded samples (quick runs)."})
+    step_lr_epochs: float | None = field(default=10, metadata={
+        "help": "StepLR: multiply the learning rate by step_lr_gamma every this many epochs (paper: 10). "
+                "None uses lr_scheduler_type instead."})
+    step_lr_gamma: float = field(default=0.1, metadata={"help": "StepLR decay factor."})
+
+    # ---- run folder
+    save_session_models: bool = field(default=True, metadata={
+        "help": "Keep the safetensors checkpoint of every session (otherwise only the latest and the final one)."})
+    overwrite_run: bool = field(default=False, metadata={
+        "help": "Delete what output_dir holds and start over (otherwise the same run resumes, a different one is "
+                "refused)."})
+
+    # ---- TrainingArguments defaults changed to the paper's
+    learning_rate: float = field(default=1e-6, metadata={"help": "Adam learning rate (paper: 1e-6)."})
+    per_device_train_batch_size: int = field(default=100, metadata={"help": "Batch size per device (paper: 100)."})
+    per_device_eval_batch_size: int = field(default=256, metadata={"help": "Evaluation batch size per device."})
+    num_train_epochs: float = field(default=-1, metadata={
+        "help": "Epochs per session; -1 means the paper's: 15 for OST, 10 per MST session."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (0 makes AdamW plain Adam)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (paper: 1.0)."})
+    lr_scheduler_type: SchedulerType | str = field(default="constant", metadata={
+        "help": "Scheduler used when step_lr_epochs is None."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every this many steps."})
+    save_strategy: SaveStrategy | str = field(default="epoch", metadata={
+        "help": "When to write Trainer checkpoints inside a session (for resuming)."})
+    save_total_limit: int | None = field(default=1, metadata={"help": "Keep only this many Trainer checkpoints."})
+    report_to: None | str | list[str] = field(default="none", metadata={
+        "help": "Where to log: 'none', 'tensorboard', 'wandb', 'all'."})
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "Keep image columns (CLIPModel's forward signature does not list them)."})
+    output_dir: str | None = field(default="runs/clip-cl", metadata={"help": "Run folder."})
+
+    optim: OptimizerNames | str = field(default="adamw_torch", metadata={
+        "help": "Optimizer; with weight_decay 0, AdamW is the paper's Adam."})
+
+    def __post_init__(self):
+        self.protocol = str(self.protocol).lower()
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"Unknown protocol {self.protocol!r}; use 'ost' (one session) or 'mst' (several).")
+        if self.protocol == "ost":
+            if self.num_sessions not in (None, 1):
+                raise ValueError(f"protocol 'ost' has exactly one session, got num_sessions={self.num_sessions}; "
+                                 "set protocol: mst for several sessions.")
+            self.num_sessions = 1
+        else:
+            self.num_sessions = 5 if self.num_sessions is None else int(self.num_sessions)
+            if self.num_sessions < 2:
+                raise ValueError(f"protocol 'mst' needs num_sessions >= 2, got {self.num_sessions}.")
+        if self.num_train_epochs is None or self.num_train_epochs < 0:
+            self.num_train_epochs = 15.0 if self.protocol == "ost" else 10.0
+        self.variant = check_variant(self.variant)
+        self.train_templates = check_templates(self.train_templates)
+        self.zero_shot_templates = check_templates(self.zero_shot_templates)
+        self.update_dataset = _maybe_json(self.update_dataset, "update_dataset")
+        self.zero_shot_datasets = _maybe_json(self.zero_shot_datasets, "zero_shot_datasets") or []
+        self.retrieval_datasets = _maybe_json(self.retrieval_datasets, "retrieval_datasets") or []
+        if isinstance(self.zero_shot_datasets, dict):
+            self.zero_shot_datasets = [self.zero_shot_datasets]
+        if isinstance(self.retrieval_datasets, dict):
+            self.retrieval_datasets = [self.retrieval_datasets]
+        if self.step_lr_epochs is not None and self.step_lr_epochs <= 0:
+            raise ValueError("step_lr_epochs must be positive, or null to use lr_scheduler_type.")
+        super().__post_init__()
+
+    @property
+    def method_name(self) -> str:
+        """Registry name of the method this config belongs to (set on each subclass)."""
+        return getattr(type(self), "_method", "ft")

@@ -1,0 +1,319 @@
+"""`CLIPCLTrainer`: the machinery every clip-cl method shares.
+
+It owns, in one place each: variant freezing, class-prompt tokens, the teacher (a frozen copy of the model at the
+start of the session, placed once under accelerate), the teacher's cached class-prompt features, the step learning-
+rate schedule, logging of loss terms, and the end-of-session hook (used by IMM and WiSE-FT to merge weights).
+A method subclasses it and overrides [`~CLIPCLTrainer.method_losses`] (and rarely more).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from ...features import image_features, tokenize
+from ...prompts import class_text_features, format_prompts
+from ...variants import apply_variant
+from .config import CLIPCLConfig
+
+__all__ = ["CLIPCLTrainer", "StudentOutputs", "PAPER"]
+
+PAPER = {
+    "title": "Don't Stop Learning: Towards Continual Learning for the CLIP Model",
+    "authors": "Yuxuan Ding, Lingqiao Liu, Chunna Tian, Jingyuan Yang, Haoxuan Ding",
+    "id": "2207.09248",
+    "citation": (
+        "@article{ding2022dont,\n  title={Don't Stop Learning: Towards Continual Learning for the CLIP Model},\n"
+        "  author={Ding, Yuxuan and Liu, Lingqiao and Tian, Chunna and Yang, Jingyuan and Ding, Haoxuan},\n"
+        "  journal={arXiv preprint arXiv:2207.09248},\n  year={2022}\n}"
+    ),
+}
+
+
+def unwrap(model):
+    """The bare model under DDP / FSDP / compile wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+@dataclass
+class StudentOutputs:
+    """What one student forward produced.
+
+    Attributes:
+        image_embeds: `[B, D]` normalised image features of the batch.
+        class_embeds: `[C, D]` normalised (template-ensembled) class-prompt features.
+        extra_embeds: `[M, D]` normalised features of the method's extra texts (e.g. VR-LwF pseudo-classes) or None.
+        logit_scale: the student's `exp(logit_scale)` (a scalar tensor).
+        logits: `[B, C]` = logit_scale * image_embeds @ class_embeds.T.
+    """
+
+    image_embeds: torch.Tensor
+    class_embeds: torch.Tensor
+    extra_embeds: torch.Tensor | None
+    logit_scale: torch.Tensor
+    logits: torch.Tensor
+
+
+class CLIPCLTrainer(Trainer):
+    """Base trainer of clip-cl: cross-entropy over `logit_scale * cos(image, class-prompt text)` for the session's
+    classes, plus whatever [`method_losses`] adds.
+
+    Args:
+        model (`CLIPModel`): the model to train (the current student). It is modified in place.
+        args ([`CLIPCLConfig`]): the run configuration (the method's config subclass).
+        train_dataset: rows `{"pixel_values": Tensor[3,H,W], "labels": int}` (see `clip_cl.data.with_image_transform`).
+        processing_class: a `CLIPProcessor` or a CLIP tokenizer (only the tokenizer is used here).
+        class_names (`Sequence[str]`): the classes of this session's cross-entropy, in logit order.
+        class_ids (`Sequence[int]`, *optional*): the dataset label of each class name (defaults to 0..C-1).
+        teacher_model (`CLIPModel`, *optional*): the teacher for distillation methods; by default a frozen copy of
+            `model` as it is when the trainer is created (the model after the previous session).
+        **kwargs: passed to `transformers.Trainer` (e.g. `data_collator`, `callbacks`).
+    """
+
+    _name: ClassVar[str] = "FT"
+    _method: ClassVar[str] = "ft"
+    _tag_names: ClassVar[list[str]] = ["clip-cl", "continual-learning", "clip"]
+    _paper: ClassVar[dict] = PAPER
+    # Whether the method distils from a teacher (a frozen copy of the session's starting model).
+    _uses_teacher: ClassVar[bool] = False
+    # Which data a session trains on: "session" (its own classes) or "seen" (all classes seen so far: Joint-FT).
+    _train_data: ClassVar[str] = "session"
+    # Whether every session restarts from the original model (Joint-FT's upper bound).
+    _restart_from_initial: ClassVar[bool] = False
+
+    # compute_loss returns a mean over the micro-batch; the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model,
+        args: CLIPCLConfig,
+        train_dataset=None,
+        processing_class=None,
+        class_names: Sequence[str] | None = None,
+        class_ids: Sequence[int] | None = None,
+        teacher_model=None,
+        **kwargs: Any,
+    ):
+        if not isinstance(args, CLIPCLConfig):
+            raise TypeError(f"{type(self).__name__} needs a CLIPCLConfig (or a method config), got {type(args).__name__}.")
+        if processing_class is None:
+            raise ValueError(f"{type(self).__name__} needs processing_class= a CLIPProcessor or CLIP tokenizer "
+                             "(class prompts are tokenised with it).")
+        if not class_names:
+            raise ValueError("class_names is empty: a session needs at least one class to train on.")
+        class_names = [str(c) for c in class_names]
+        if len(set(class_names)) != len(class_names):
+            dup = sorted({c for c in class_names if class_names.count(c) > 1})
+            raise ValueError(f"class_names has duplicates {dup}; every class needs a distinct name.")
+        self.class_names = class_names
+        self.class_ids = list(range(len(class_names))) if class_ids is None else [int(i) for i in class_ids]
+        if len(self.class_ids) != len(self.class_names):
+            raise ValueError(f"class_ids has {len(self.class_ids)} entries for {len(class_names)} class names.")
+        self.clip_tokenizer = getattr(processing_class, "tokenizer", processing_class)
+
+        # The teacher is the model as it is now (session start), before any step: copy before anything changes it.
+        teacher = None
+        if self._uses_teacher:
+            teacher = teacher_model if teacher_model is not None else copy.deepcopy(unwrap(model))
+            teacher.requires_grad_(False).eval()
+        self._initial_state = self._snapshot_initial_state(model)
+
+        apply_variant(model, args.variant, args.train_logit_scale)
+        self.prepare_method(model)
+
+        if kwargs.get("data_collator") is None:
+            from ...data import collate_classification
+
+            kwargs["data_collator"] = collate_classification
+        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
+                         **kwargs)
+
+        if teacher is not None:
+            teacher = teacher.to(dtype=self._teacher_dtype())
+            # evaluation_mode=True: placed on the device (and sharded under DeepSpeed/FSDP) but never wrapped for
+            # training and never in the optimizer.
+            self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
+            self.teacher.eval()
+        else:
+            self.teacher = None
+
+        lookup = torch.full((max(self.class_ids) + 1,), -1, dtype=torch.long)
+        lookup[torch.tensor(self.class_ids)] = torch.arange(len(self.class_ids))
+        self._label_lookup = lookup
+        self._class_prompts = format_prompts(self.class_names, args.train_templates)
+        self._class_tokens: dict[str, torch.Tensor] | None = None
+        self._teacher_class_cache: torch.Tensor | None = None
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    # ------------------------------------------------------------------ hooks for methods
+    def prepare_method(self, model) -> None:
+        """Called once, after variant freezing and before the optimizer exists (e.g. RKR adds its rectifiers)."""
+
+    def extra_text_tokens(self, model) -> dict[str, torch.Tensor] | None:
+        """Extra texts sent through the student's text encoder in the same call as the class prompts (VR-LwF)."""
+        return None
+
+    def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The updated task's loss: cross-entropy over the session's classes."""
+        return F.cross_entropy(logits.float(), targets)
+
+    def method_losses(self, model, inputs: dict, outputs: StudentOutputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The method's extra loss terms, already weighted; their sum is added to the cross-entropy."""
+        return {}
+
+    def on_session_end(self) -> None:
+        """Called after training (IMM and WiSE-FT merge weights here)."""
+
+    def extra_evaluations(self, evaluate) -> dict:
+        """Extra evaluations after the session (WiSE-FT's alpha sweep); `evaluate(model)` returns a results dict."""
+        return {}
+
+    # ------------------------------------------------------------------ shared machinery
+    def _snapshot_initial_state(self, model) -> dict[str, torch.Tensor] | None:
+        """A CPU copy of the starting weights, for methods that merge with them (IMM, WiSE-FT, ZSCL)."""
+        return None
+
+    def _teacher_dtype(self) -> torch.dtype:
+        """The teacher runs in half precision on GPU under mixed precision (it never needs fp32 master weights)."""
+        if self.args.device.type == "cuda":
+            if self.args.bf16:
+                return torch.bfloat16
+            if self.args.fp16:
+                return torch.float16
+        return torch.float32
+
+    def _set_signature_columns_if_needed(self):
+        # CLIPModel.forward does not list `pixel_values`/`labels` the way we use them: keep them explicitly.
+        if self._signature_columns is None:
+            self._signature_columns = ["pixel_values", "labels"]
+
+    def class_tokens(self, device) -> dict[str, torch.Tensor]:
+        """Tokenised class prompts (tokenised once per session)."""
+        if self._class_tokens is None or self._class_tokens["input_ids"].device != device:
+            self._class_tokens = tokenize(self.clip_tokenizer, self._class_prompts, device)
+        return self._class_tokens
+
+    def map_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Dataset labels -> positions in `class_names`; a label outside the session is an error, not a silent drop."""
+        lookup = self._label_lookup.to(labels.device)
+        bad = (labels < 0) | (labels >= lookup.numel())
+        targets = torch.where(bad, torch.full_like(labels, -1), lookup[labels.clamp(0, lookup.numel() - 1)])
+        if (targets < 0).any():
+            wrong = sorted(set(labels[targets < 0].tolist()))
+            raise ValueError(f"Batch has labels {wrong} that are not among this session's classes {self.class_ids}; "
+                             "the training set must hold only the session's classes (check the protocol split).")
+        return targets
+
+    @torch.no_grad()
+    def teacher_class_features(self) -> torch.Tensor:
+        """Teacher's normalised class-prompt features, computed once per session (the teacher never changes)."""
+        if self._teacher_class_cache is None:
+            self._teacher_class_cache = class_text_features(
+                self.teacher, self.clip_tokenizer, self.class_names, self.args.train_templates,
+                device=self.args.device)
+        return self._teacher_class_cache
+
+    @torch.no_grad()
+    def teacher_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Teacher's normalised image features of the batch (float32)."""
+        dtype = next(self.teacher.parameters()).dtype
+        return image_features(self.teacher, pixel_values.to(dtype)).float()
+
+    def teacher_logit_scale(self) -> torch.Tensor:
+        return unwrap(self.teacher).logit_scale.detach().float().exp()
+
+    def _templates_count(self) -> int:
+        return len(self.args.train_templates)
+
+    def student_forward(self, model, pixel_values: torch.Tensor) -> StudentOutputs:
+        """One call of the (possibly DDP-wrapped) model on the batch and all texts of the step.
+
+        Going through the wrapper's `forward` matters: DDP only synchronises gradients of a forward it saw.
+        """
+        tokens = self.class_tokens(pixel_values.device)
+        extra = self.extra_text_tokens(model)
+        n_prompts = tokens["input_ids"].shape[0]
+        input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
+        if extra is not None:
+            input_ids, attention_mask = _concat_padded(tokens, extra, self.clip_tokenizer.pad_token_id)
+        out = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        text = out.text_embeds
+        class_embeds = text[:n_prompts]
+        n_templates = self._templates_count()
+        if n_templates > 1:
+            class_embeds = F.normalize(class_embeds.view(len(self.class_names), n_templates, -1).mean(1), dim=-1)
+        scale = unwrap(model).logit_scale.exp()
+        image_embeds = out.image_embeds
+        logits = scale * image_embeds @ class_embeds.t()
+        return StudentOutputs(image_embeds=image_embeds, class_embeds=class_embeds,
+                              extra_embeds=text[n_prompts:] if extra is not None else None,
+                              logit_scale=scale, logits=logits)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        targets = self.map_labels(inputs["labels"])
+        outputs = self.student_forward(model, inputs["pixel_values"])
+        ce = self.classification_loss(outputs.logits, targets)
+        terms = self.method_losses(model, inputs, outputs, targets)
+        loss = ce + sum(terms.values()) if terms else ce
+        if not torch.isfinite(loss.detach()):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in {"ce": ce, **terms}.items())
+            raise FloatingPointError(
+                f"Non-finite loss at step {self.state.global_step} ({parts}). The run stopped before this update; "
+                "the last saved checkpoint and results are intact. Lower the learning rate, enable gradient clipping "
+                "(max_grad_norm), or switch fp16 to bf16.")
+        if model.training:
+            self._metrics["loss_ce"].append(ce.detach().float().item())
+            for name, value in terms.items():
+                self._metrics[f"loss_{name}"].append(value.detach().float().item())
+            acc = (outputs.logits.detach().argmax(-1) == targets).float().mean().item()
+            self._metrics["train_acc"].append(100.0 * acc)
+        return (loss, {"logits": outputs.logits}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Add the averages of the loss terms since the last log (trl's pattern), so every term shows in report_to.
+        if self._metrics and "loss" in logs:
+            for key, values in self._metrics.items():
+                logs[key] = round(sum(values) / len(values), 6)
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The paper's StepLR (x gamma every `step_lr_epochs` epochs), else the Trainer's `lr_scheduler_type`."""
+        if self.args.step_lr_epochs is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        epochs = self.args.num_train_epochs if self.args.max_steps <= 0 else None
+        steps_per_epoch = num_training_steps / epochs if epochs else len(self.get_train_dataloader()) / max(
+            1, self.args.gradient_accumulation_steps)
+        step_size = max(1, math.ceil(self.args.step_lr_epochs * steps_per_epoch))
+        self.lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=self.args.step_lr_gamma)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        self.on_session_end()
+        return output
+
+
+def _concat_padded(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack two tokenised batches of different lengths into one (right padding with `pad_id`, mask 0)."""
+    length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+
+    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
+        return F.pad(x, (0, length - x.shape[1]), value=value)
+
+    ids = torch.cat([pad(a["input_ids"], pad_id), pad(b["input_ids"].to(a["input_ids"].device), pad_id)])
+    mask = torch.cat([pad(a["attention_mask"], 0), pad(b["attention_mask"].to(a["attention_mask"].device), 0)])
+    return ids, mask
