@@ -9,6 +9,7 @@ Formulas and references are in `docs/methods/lwf.md`, `docs/methods/vr_lwf.md` a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
@@ -213,8 +214,8 @@ def geodesic_distillation_loss(
         detach_kernel (`bool`, defaults to `True`): treat `G` as a constant.
 
     Returns:
-        `torch.Tensor`: a float32 scalar (0 with zero gradient when student and teacher features coincide; 0 without
-        gradient when `n < 2`, where no subspace exists).
+        `torch.Tensor`: a float32 scalar; 0 with zero gradient when student and teacher features coincide, and when
+        `n < 2` (no subspace can be estimated from one sample).
     """
     if form not in GEODL_FORMS:
         raise ValueError(f"Unknown GeoDL form {form!r}; use one of {GEODL_FORMS}.")
@@ -228,7 +229,7 @@ def geodesic_distillation_loss(
     if d == 0:
         return (s * 0.0).sum()
     with torch.autocast(device_type=s.device.type, enabled=False):
-        with torch.no_grad() if detach_kernel else torch.enable_grad():
+        with torch.no_grad() if detach_kernel else contextlib.nullcontext():
             kernel = gfk_matrix(pca_basis(s.double(), d, center), pca_basis(t.double(), d, center)).float()
         if form == "distance":
             diff = s - t

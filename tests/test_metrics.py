@@ -50,7 +50,7 @@ def ref_continual(a: list[list[float]], initial=None) -> dict:
     if num == 1:
         return {"avg": avg, "last": last, "bwt": None, "transfer": None, "forgetting": None}
     bwt = sum(a[num - 1][j] - a[j][j] for j in range(num - 1)) / (num - 1)
-    forgetting = sum(max(a[i][j] for i in range(num - 1)) - a[num - 1][j] for j in range(num - 1)) / (num - 1)
+    forgetting = sum(max(a[i][j] for i in range(j, num - 1)) - a[num - 1][j] for j in range(num - 1)) / (num - 1)
     per_task = []
     for j in range(0 if initial is not None else 1, num):
         before = ([initial[j]] if initial is not None else []) + [a[i][j] for i in range(j)]
@@ -193,14 +193,14 @@ def test_continual_hand_example():
     assert got["transfer"] == pytest.approx(37.0) and got["avg"] == 77.5
 
 
-def test_continual_forgetting_uses_max_over_all_earlier_sessions():
-    # Task 1 is better before it is learned (row 0) than right after (row 1): the max still counts it.
+def test_continual_forgetting_ignores_rows_before_a_task_is_learned():
+    # Task 1 is better before it is learned (row 0) than right after (row 1): that row must not count.
     a = [[50.0, 70.0, 10.0],
          [45.0, 60.0, 20.0],
          [40.0, 50.0, 30.0]]
     got = continual_metrics(a)
-    # forgetting: task 0: max(50, 45) - 40 = 10; task 1: max(70, 60) - 50 = 20 (the bwt view only sees 60 - 50).
-    assert got["forgetting"] == pytest.approx(15.0) and got["bwt"] == pytest.approx(-10.0)
+    # forgetting: task 0: max(50, 45) - 40 = 10; task 1: max(60) - 50 = 10 (row 0 predates learning task 1).
+    assert got["forgetting"] == pytest.approx(10.0) and got["bwt"] == pytest.approx(-10.0)
     assert got["transfer"] == pytest.approx((70.0 + 15.0) / 2)
 
 

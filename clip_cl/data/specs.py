@@ -186,7 +186,7 @@ def infer_builder(spec: DatasetSpec) -> str:
                                                                                        "*2017.json")):
             raise ValueError(f"DatasetSpec {spec.name!r}: {path!r} looks like a COCO root; set builder to "
                              "'coco_objects' (object crops, 80 classes) or 'coco_captions' (image-text retrieval).")
-        if glob.glob(os.path.join(glob.escape(path), "**", "*.parquet"), recursive=True):
+        if any(glob.glob(os.path.join(glob.escape(path), sub, "*.parquet")) for sub in ("", "data")):
             return "parquet"
         if _has_images(path):
             return "imagefolder"
@@ -209,8 +209,8 @@ def _load_parquet(spec: DatasetSpec, path: str, cache_dir: str | None) -> datase
     else:
         files = _parquet_files(path, spec.split)
         if not files:
-            pattern = os.path.join(glob.escape(path), "**", "*.parquet")
-            found = sorted(os.path.relpath(f, path) for f in glob.glob(pattern, recursive=True))
+            found = sorted(os.path.relpath(f, path) for sub in ("", "data")
+                           for f in glob.glob(os.path.join(glob.escape(path), sub, "*.parquet")))
             raise FileNotFoundError(
                 f"DatasetSpec {spec.name!r}: no Parquet file for split {spec.split!r} in {path!r}. Expected "
                 f"{_base_split(spec.split)}.parquet or {_base_split(spec.split)}-*.parquet (also under data/); found "

@@ -120,7 +120,7 @@ def encode_image_dataset(
     device = torch.device(device) if device is not None else model_device
     indices = shard_indices(n) if distributed else list(range(n))
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate)
+                        collate_fn=_collate, pin_memory=device.type == "cuda")
     feats: list[torch.Tensor] = []
     labels: list[int] = []
     captions: list[list[str]] = []

@@ -180,8 +180,8 @@ def continual_metrics(acc, initial: Sequence[float] | None = None) -> dict[str, 
     - `last` = mean_j a[T-1][j]
     - `avg` = mean_i ( mean_{j<=i} a[i][j] ): average incremental accuracy (class-incremental convention)
     - `bwt` = mean_{j<T-1} ( a[T-1][j] - a[j][j] ): backward transfer (negative = forgetting)
-    - `forgetting` = mean_{j<T-1} ( max_{i<T-1} a[i][j] - a[T-1][j] ) (Chaudhry et al. 2018: the max runs over every
-      session before the last, including those before task `j` was learned)
+    - `forgetting` = mean_{j<T-1} ( max_{j<=i<T-1} a[i][j] - a[T-1][j] ) (Chaudhry et al. 2018: the best accuracy
+      on task `j` once it was learned, minus the final one; rows before task `j` was learned do not count)
     - `transfer` = mean_{j>=1} ( mean_{i<j} a[i][j] ): accuracy on a task before it is learned (MTIL "Transfer",
       Zheng et al., ZSCL, ICCV 2023). With `initial` (accuracies before any training, row `i = -1`) the inner mean
       also includes `initial[j]` and the outer mean runs over every `j >= 0`.
@@ -210,7 +210,7 @@ def continual_metrics(acc, initial: Sequence[float] | None = None) -> dict[str, 
         return {"avg": avg, "last": last, "bwt": None, "transfer": None, "forgetting": None}
     old = np.arange(num - 1)
     bwt = float((a[-1, old] - a[old, old]).mean())
-    forgetting = float((a[:-1, old].max(0) - a[-1, old]).mean())
+    forgetting = float(np.mean([a[j:-1, j].max() - a[-1, j] for j in old]))
     if a0 is None:
         transfer = float(np.mean([a[:j, j].mean() for j in range(1, num)]))
     else:

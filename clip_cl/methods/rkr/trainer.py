@@ -6,6 +6,7 @@ import logging
 
 from ...tuners.rkr import inject_rkr, merge_rkr, rkr_layers
 from ..base.trainer import PAPER, CLIPCLTrainer, unwrap
+from .config import RKRConfig
 
 __all__ = ["RKRTrainer", "RKR_PAPER"]
 
@@ -51,6 +52,14 @@ class RKRTrainer(CLIPCLTrainer):
     _method = "rkr"
     _tag_names = ["clip-cl", "continual-learning", "clip", "rkr"]
     _paper = RKR_PAPER
+
+    def __init__(self, model, args: RKRConfig, *pargs, **kwargs):
+        if not isinstance(args, RKRConfig):
+            raise TypeError(f"{type(self).__name__} needs a RKRConfig, got {type(args).__name__}.")
+        # CLIPCLTrainer calls prepare_method() before transformers.Trainer.__init__ sets self.args; the method's
+        # knobs are needed there, so set it early (Trainer.__init__ sets the same object again).
+        self.args = args
+        super().__init__(model, args, *pargs, **kwargs)
 
     def prepare_method(self, model) -> None:
         """Wrap the trainable tower(s)' linear layers in rectifiers (in place) and freeze everything else."""

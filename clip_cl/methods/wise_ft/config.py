@@ -29,7 +29,7 @@ class WiSEFTConfig(CLIPCLConfig):
 
     wise_alpha: float = field(default=0.5, metadata={
         "help": "Weight of the fine-tuned model: (1 - alpha) * start + alpha * finetuned (WiSE-FT: 0.5)."})
-    wise_alphas: list[float] | str = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], metadata={
+    wise_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], metadata={
         "help": "Mixing coefficients evaluated after each session (UT-Acc vs ZS-Acc curve); [] turns it off."})
 
     def __post_init__(self):

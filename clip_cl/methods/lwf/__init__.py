@@ -1,0 +1,10 @@
+"""LwF: Learning without Forgetting (Li & Hoiem 2017) on CLIP's class-prompt logits."""
+
+from ..registry import register_method
+from .config import LwFConfig
+from .trainer import LWF_PAPER, LwFTrainer, cat_tokens
+
+__all__ = ["LwFConfig", "LwFTrainer", "LWF_PAPER", "cat_tokens"]
+
+register_method("lwf", LwFConfig, LwFTrainer,
+                "Cross-entropy + KL(teacher || student) on image-to-class-prompt logits (Learning without Forgetting).")
