@@ -149,6 +149,8 @@ def methods_main(argv: Sequence[str] | None = None) -> None:
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("clip_cl.cli", "train_main", "run a method over an OST/MST protocol from a YAML config"),
     "methods": ("clip_cl.cli", "methods_main", "list the registered methods"),
+    "sweep": ("clip_cl.sweep", "sweep_main", "run methods x variants x protocols x seeds from a sweep YAML (resumable)"),
+    "report": ("clip_cl.report", "report_main", "paper-style tables and Fig. 4 / Fig. 5 from a folder of runs"),
 }
 
 

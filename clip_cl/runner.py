@@ -7,7 +7,7 @@ run.json                 the configuration and its fingerprint (a different run 
 results.json             everything measured so far (schema in docs/results.md), rewritten atomically
 results.md               the before/after table
 session_1/model/         safetensors checkpoint + processor after session 1 (written atomically)
-session_1/checkpoints/   Trainer checkpoints while session 1 runs (for resuming; removed when it ends)
+session_1/trainer/       Trainer checkpoints while session 1 runs (for resuming; removed when it ends) and logs
 ...
 model/                   the final model (a copy of the last session's), with a model card
 ```
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from accelerate import PartialState
 from transformers import CLIPModel
-from transformers.trainer_utils import get_last_checkpoint, set_seed
+from transformers.trainer_utils import set_seed
 
 from .io import atomic_save_dir, atomic_write_json, atomic_write_text, read_json
 from .methods import get_method
@@ -173,13 +173,30 @@ def _prepare_folder(out: Path, config: CLIPCLConfig, state: PartialState) -> Non
 
 def _session_args(config: CLIPCLConfig, session_dir: Path, session: int) -> CLIPCLConfig:
     args = copy.deepcopy(config)
-    args.output_dir = str(session_dir / "checkpoints")
+    args.output_dir = str(session_dir / "trainer")
     # A per-session seed makes a resumed session draw exactly what an uninterrupted run would.
     args.seed = config.seed + session
     args.push_to_hub = False
     if args.run_name is None or args.run_name == config.output_dir:
         args.run_name = f"{Path(config.output_dir).name}-session{session + 1}"
     return args
+
+
+def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
+    """The newest Trainer checkpoint in `folder` that was written to the end.
+
+    The Trainer writes `trainer_state.json` last, so a checkpoint without it was interrupted (killed, disk full) and is
+    skipped; the previous one is still there because old checkpoints are rotated out only after a new one is complete.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.glob("checkpoint-*"):
+        step = path.name.rsplit("-", 1)[-1]
+        if step.isdigit() and (path / "trainer_state.json").is_file():
+            found.append((int(step), path))
+    return str(max(found)[1]) if found else None
 
 
 def _save_model(model: CLIPModel, processor, path: Path) -> None:
@@ -328,12 +345,12 @@ def run_protocol(config: CLIPCLConfig) -> dict:
             set_seed(args.seed)
             trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, processing_class=processor,
                                   class_names=names, class_ids=ids)
-            last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+            last = last_complete_checkpoint(args.output_dir)
             if last:
                 logger.info("Resuming session %d from %s", t + 1, last)
             train_out = trainer.train(resume_from_checkpoint=last)
             model = trainer.model
-            entry.update({"train_rows": len(train_ds), "train_loss": train_out.training_loss,
+            entry.update({"train_rows": len(train_ds), "train_loss": trainer.session_train_loss,
                           "train_steps": train_out.global_step})
             entry["eval"] = evaluator.evaluate(model, seen=t + 1)
             extra = trainer.extra_evaluations(lambda m, _t=t: evaluator.evaluate(m, seen=_t + 1))
@@ -351,7 +368,9 @@ def run_protocol(config: CLIPCLConfig) -> dict:
             results["status"] = "complete"
         save_results()
         if state.is_main_process:
-            shutil.rmtree(session_dir / "checkpoints", ignore_errors=True)
+            # The session's model is saved: its Trainer checkpoints (weights + optimizer) are no longer needed.
+            for ckpt in (session_dir / "trainer").glob("checkpoint-*"):
+                shutil.rmtree(ckpt, ignore_errors=True)
             if t > 0 and not config.save_session_models:
                 shutil.rmtree(out / f"session_{t}" / "model", ignore_errors=True)
 

@@ -61,6 +61,10 @@ def test_registered_with_paper_defaults():
     assert spec.config_cls is IMMConfig and spec.trainer_cls is IMMTrainer
     args = IMMConfig(output_dir="unused", use_cpu=True)
     assert (args.imm_alpha, args.imm_mode, args.method_name) == (0.5, "mean", "imm")
+    from clip_cl import CLIPCLConfig
+
+    with pytest.raises(TypeError, match="IMMConfig"):
+        IMMTrainer(model=None, args=CLIPCLConfig(output_dir="unused", use_cpu=True))
     for bad in ({"imm_alpha": 1.5}, {"imm_mode": "median"}, {"imm_fisher_type": "x"}, {"imm_fisher_samples": 0}):
         with pytest.raises(ValueError):
             IMMConfig(output_dir="unused", use_cpu=True, **bad)

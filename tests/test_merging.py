@@ -19,7 +19,8 @@ def test_interpolate_is_exact(alpha):
         ref = torch.empty_like(a[k])
         flat_a, flat_b, flat_r = a[k].reshape(-1), b[k].reshape(-1), ref.reshape(-1)
         for i in range(flat_a.numel()):  # explicit element loop, float32 arithmetic like the library
-            flat_r[i] = torch.tensor(alpha, dtype=torch.float32) * flat_a[i] + torch.tensor(1 - alpha, dtype=torch.float32) * flat_b[i]
+            w_a, w_b = torch.tensor(alpha, dtype=torch.float32), torch.tensor(1 - alpha, dtype=torch.float32)
+            flat_r[i] = w_a * flat_a[i] + w_b * flat_b[i]
         assert torch.allclose(out[k], ref, atol=0, rtol=1e-6)
         assert torch.equal(out[k], alpha * a[k] + (1 - alpha) * b[k])
     # inputs untouched

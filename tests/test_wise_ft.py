@@ -52,6 +52,10 @@ def test_registered_and_defaults():
     args = WiSEFTConfig(output_dir="unused", use_cpu=True)
     assert args.wise_alpha == 0.5 and args.wise_alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert WiSEFTConfig(output_dir="unused", use_cpu=True, wise_alphas="[0.1, 0.9]").wise_alphas == [0.1, 0.9]
+    from clip_cl import CLIPCLConfig
+
+    with pytest.raises(TypeError, match="WiSEFTConfig"):
+        WiSEFTTrainer(model=None, args=CLIPCLConfig(output_dir="unused", use_cpu=True))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         WiSEFTConfig(output_dir="unused", use_cpu=True, wise_alpha=1.2)
 

@@ -72,6 +72,10 @@ def test_registered_with_zscl_defaults():
     assert ref.zscl_reference_dataset == {"path": COCO, "name": "coco_captions", "split": "train"}
     with pytest.raises(ValueError, match="image_colum"):
         ZSCLConfig(output_dir="unused", use_cpu=True, zscl_reference_dataset={"path": COCO, "image_colum": "x"})
+    from clip_cl import CLIPCLConfig
+
+    with pytest.raises(TypeError, match="ZSCLConfig"):
+        ZSCLTrainer(model=None, args=CLIPCLConfig(output_dir="unused", use_cpu=True))
     for bad in ({"zscl_teacher": "best"}, {"zscl_text_features": "both"}, {"zscl_wa_every": -1},
                 {"zscl_temperature": 0}):
         with pytest.raises(ValueError):
@@ -124,8 +128,10 @@ def test_l2_term_is_the_sum_of_squared_differences(tmp_path, tiny, random_images
 @pytest.mark.parametrize("text_features", ["teacher", "student"])
 def test_distillation_is_zero_with_zero_gradient_when_teacher_is_student(tmp_path, tiny, random_images, text_features):
     model = tiny[0]
-    # zscl_teacher="initial" loads model_name_or_path ("tiny-random" = tiny_clip(seed=0)): here equal to the student
-    trainer = make_trainer(tmp_path, tiny, random_images, zscl_teacher="initial", zscl_l2_weight=0,
+    # "initial" loads model_name_or_path ("tiny-random" = tiny_clip(seed=0)), "previous" copies the student: here both
+    # equal the student
+    teacher = "initial" if text_features == "teacher" else "previous"
+    trainer = make_trainer(tmp_path, tiny, random_images, zscl_teacher=teacher, zscl_l2_weight=0,
                            zscl_text_features=text_features)
     assert all(torch.equal(a, b) for a, b in zip(trainer.teacher.parameters(), model.parameters()))
     batch = batch_of(random_images)
@@ -205,7 +211,8 @@ def test_text_features_mode_decides_which_tower_is_distilled(tmp_path, tiny, ran
 # ---------------------------------------------------------------------------------------------------- reference data
 def test_reference_texts_sources_and_teacher_cache(tmp_path, tiny, random_images):
     trainer = make_trainer(tmp_path, tiny, random_images)
-    assert trainer.reference_texts() == ["this is a photo of cat in the scene .", "this is a photo of dog in the scene ."]
+    assert trainer.reference_texts() == ["this is a photo of cat in the scene .",
+                                         "this is a photo of dog in the scene ."]
     feats = trainer.teacher_reference_text_features()
     assert feats.shape == (2, 64) and trainer.teacher_reference_text_features() is feats  # once per session
     names = make_trainer(tmp_path, tiny, random_images, zscl_reference_class_names=["car", "ship"],

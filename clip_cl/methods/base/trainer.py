@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,11 +21,14 @@ import torch.nn.functional as F
 from transformers import Trainer
 
 from ...features import image_features, tokenize
+from ...io import atomic_write_json, read_json
 from ...prompts import class_text_features, format_prompts
 from ...variants import apply_variant
 from .config import CLIPCLConfig
 
 __all__ = ["CLIPCLTrainer", "StudentOutputs", "PAPER"]
+
+_STATE_FILE = "clip_cl_trainer_state.json"
 
 PAPER = {
     "title": "Don't Stop Learning: Towards Continual Learning for the CLIP Model",
@@ -130,6 +134,7 @@ class CLIPCLTrainer(Trainer):
         self._initial_state = self._snapshot_initial_state(model)
 
         apply_variant(model, args.variant, args.train_logit_scale)
+        self.args = args  # methods read their settings in prepare_method; Trainer.__init__ sets it again
         self.prepare_method(model)
 
         if kwargs.get("data_collator") is None:
@@ -138,6 +143,11 @@ class CLIPCLTrainer(Trainer):
             kwargs["data_collator"] = collate_classification
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          **kwargs)
+
+        # Our loss is a mean over the micro-batch, never normalised by `num_items_in_batch`. CLIPModel.forward takes
+        # **kwargs, which older transformers (< 5.24, no `loss_is_scaled_for_ga`) read as "the model scales the loss
+        # for gradient accumulation" and then skip the division: say explicitly that it does not.
+        self.model_accepts_loss_kwargs = False
 
         if teacher is not None:
             teacher = teacher.to(dtype=self._teacher_dtype())
@@ -155,6 +165,9 @@ class CLIPCLTrainer(Trainer):
         self._class_tokens: dict[str, torch.Tensor] | None = None
         self._teacher_class_cache: torch.Tensor | None = None
         self._metrics: dict[str, list[float]] = defaultdict(list)
+        # Sum and count of the training loss over the whole session; saved in every checkpoint so that a resumed
+        # session reports the same mean loss as an uninterrupted one (the Trainer's own counts restart at resume).
+        self._loss_sum, self._loss_count = 0.0, 0
 
     # ------------------------------------------------------------------ hooks for methods
     def prepare_method(self, model) -> None:
@@ -273,6 +286,8 @@ class CLIPCLTrainer(Trainer):
                 "the last saved checkpoint and results are intact. Lower the learning rate, enable gradient clipping "
                 "(max_grad_norm), or switch fp16 to bf16.")
         if model.training:
+            self._loss_sum += loss.detach().float().item()
+            self._loss_count += 1
             self._metrics["loss_ce"].append(ce.detach().float().item())
             for name, value in terms.items():
                 self._metrics[f"loss_{name}"].append(value.detach().float().item())
@@ -301,8 +316,25 @@ class CLIPCLTrainer(Trainer):
         self._created_lr_scheduler = True
         return self.lr_scheduler
 
-    def train(self, *args, **kwargs):
-        output = super().train(*args, **kwargs)
+    @property
+    def session_train_loss(self) -> float | None:
+        """Mean training loss over every micro-batch of the session (also across a resume)."""
+        return self._loss_sum / self._loss_count if self._loss_count else None
+
+    def _save_checkpoint(self, model, trial):
+        # Written before the Trainer's files: the checkpoint counts as complete only once trainer_state.json exists,
+        # which the Trainer writes last.
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        if self.args.should_save:
+            atomic_write_json(os.path.join(folder, _STATE_FILE), {"loss_sum": self._loss_sum,
+                                                                  "loss_count": self._loss_count})
+        super()._save_checkpoint(model, trial)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if isinstance(resume_from_checkpoint, str) and os.path.isfile(os.path.join(resume_from_checkpoint, _STATE_FILE)):
+            state = read_json(os.path.join(resume_from_checkpoint, _STATE_FILE))
+            self._loss_sum, self._loss_count = float(state["loss_sum"]), int(state["loss_count"])
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
         self.on_session_end()
         return output
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ...merging import assign_parameters, fisher_weighted_merge, interpolate_state_dicts, trainable_state
 from ..base.trainer import CLIPCLTrainer, unwrap
+from .config import IMMConfig
 
 __all__ = ["IMMTrainer", "IMM_PAPER", "diagonal_fisher"]
 
@@ -17,7 +18,8 @@ IMM_PAPER = {
     "authors": "Sang-Woo Lee, Jin-Hwa Kim, Jaehyun Jun, Jung-Woo Ha, Byoung-Tak Zhang",
     "id": "1703.08475",
     "citation": (
-        "@inproceedings{lee2017overcoming,\n  title={Overcoming Catastrophic Forgetting by Incremental Moment Matching},\n"
+        "@inproceedings{lee2017overcoming,\n"
+        "  title={Overcoming Catastrophic Forgetting by Incremental Moment Matching},\n"
         "  author={Lee, Sang-Woo and Kim, Jin-Hwa and Jun, Jaehyun and Ha, Jung-Woo and Zhang, Byoung-Tak},\n"
         "  booktitle={Advances in Neural Information Processing Systems},\n  year={2017}\n}"
     ),
@@ -101,6 +103,11 @@ class IMMTrainer(CLIPCLTrainer):
     _method: ClassVar[str] = "imm"
     _paper: ClassVar[dict] = IMM_PAPER
     _tag_names: ClassVar[list[str]] = ["clip-cl", "continual-learning", "clip", "imm", "model-merging"]
+
+    def __init__(self, model, args, *pargs, **kwargs):
+        if not isinstance(args, IMMConfig):
+            raise TypeError(f"IMMTrainer needs an IMMConfig, got {type(args).__name__}.")
+        super().__init__(model, args, *pargs, **kwargs)
 
     def _snapshot_initial_state(self, model) -> dict[str, torch.Tensor]:
         # Taken before variant freezing, so all parameters: the merge later picks the trainable ones.

@@ -7,6 +7,7 @@ import torch
 
 from ...merging import assign_parameters, interpolate_state_dicts, trainable_state
 from ..base.trainer import CLIPCLTrainer, unwrap
+from .config import WiSEFTConfig
 
 __all__ = ["WiSEFTTrainer", "WISE_FT_PAPER"]
 
@@ -63,6 +64,11 @@ class WiSEFTTrainer(CLIPCLTrainer):
 
     # The session's fine-tuned trainable weights (CPU), kept by on_session_end for the alpha sweep.
     finetuned_state: dict[str, torch.Tensor] | None = None
+
+    def __init__(self, model, args, *pargs, **kwargs):
+        if not isinstance(args, WiSEFTConfig):
+            raise TypeError(f"WiSEFTTrainer needs a WiSEFTConfig, got {type(args).__name__}.")
+        super().__init__(model, args, *pargs, **kwargs)
 
     def _snapshot_initial_state(self, model) -> dict[str, torch.Tensor]:
         return {n: p.detach().to("cpu", copy=True) for n, p in unwrap(model).named_parameters()}

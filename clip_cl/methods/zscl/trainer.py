@@ -15,6 +15,7 @@ from ...features import encode_texts, tokenize
 from ...merging import assign_parameters, running_average_update, trainable_state
 from ...prompts import format_prompts
 from ..base.trainer import CLIPCLTrainer, StudentOutputs, unwrap
+from .config import ZSCLConfig
 
 __all__ = ["ZSCLTrainer", "ZSCLStudentOutputs", "ZSCL_PAPER", "distillation_loss", "l2_to_reference"]
 
@@ -35,7 +36,8 @@ ZSCL_PAPER = {
 WEIGHT_ENSEMBLE_FILE = "zscl_weight_ensemble.safetensors"
 
 
-def distillation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+def distillation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+                      temperature: float = 2.0) -> torch.Tensor:
     """Temperature-scaled distillation, `T^2 * mean_rows KL(softmax(t / T) || softmax(s / T))`.
 
     ZSCL's code writes it as the cross-entropy `CE(s / T, softmax(t / T)) * T^2`; the two differ by the teacher's
@@ -102,7 +104,8 @@ class _WeightEnsembleCallback(TrainerCallback):
         self.trainer._maybe_average(state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
-        self.trainer._save_weight_ensemble(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"))
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        self.trainer._save_weight_ensemble(folder)
 
 
 def _collate_reference(rows: Sequence[Any]) -> torch.Tensor:
@@ -126,9 +129,9 @@ def _load_initial_model(args, student) -> torch.nn.Module:
     theirs = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
     if mine != theirs:
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-        raise ValueError(f"zscl_teacher='initial' loads model_name_or_path={args.model_name_or_path!r}, whose weights do "
-                         f"not match the model being trained ({diff[:5]}...). Set model_name_or_path to the starting "
-                         "model, pass teacher_model=, or use zscl_teacher='previous'.")
+        raise ValueError(f"zscl_teacher='initial' loads model_name_or_path={args.model_name_or_path!r}, whose "
+                         f"weights do not match the model being trained ({diff[:5]}...). Set model_name_or_path to "
+                         "the starting model, pass teacher_model=, or use zscl_teacher='previous'.")
     return teacher
 
 
@@ -169,8 +172,8 @@ class ZSCLTrainer(CLIPCLTrainer):
 
     model, processor = tiny_clip()
     args = ZSCLConfig(output_dir="runs/zscl", num_train_epochs=1, per_device_train_batch_size=8,
-                      zscl_reference_dataset={"path": "examples/data/cifar10", "split": "train"},
-                      zscl_reference_class_names=["airplane", "automobile", "bird"])
+                      zscl_reference_dataset={"path": "examples/data/coco_captions", "split": "test"},
+                      zscl_reference_texts=["a dog on a sofa", "a red bus in the street", "two people skiing"])
     trainer = ZSCLTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                           class_names=["T-shirt/top", "trouser"], class_ids=[0, 1])
     trainer.train()  # trainer.model is the weight-ensembled model
@@ -185,7 +188,9 @@ class ZSCLTrainer(CLIPCLTrainer):
 
     def __init__(self, model, args, train_dataset=None, processing_class=None, class_names=None, class_ids=None,
                  teacher_model=None, reference_dataset=None, **kwargs: Any):
-        if teacher_model is None and getattr(args, "zscl_teacher", "previous") == "initial":
+        if not isinstance(args, ZSCLConfig):
+            raise TypeError(f"ZSCLTrainer needs a ZSCLConfig, got {type(args).__name__}.")
+        if teacher_model is None and args.zscl_teacher == "initial":
             teacher_model = _load_initial_model(args, model)
         self._reference_dataset = reference_dataset
         self._reference_loader = None
@@ -281,8 +286,8 @@ class ZSCLTrainer(CLIPCLTrainer):
             texts = args.zscl_reference_texts
             if isinstance(texts, str):
                 if not os.path.isfile(texts):
-                    raise FileNotFoundError(f"zscl_reference_texts={texts!r} is neither a list of texts nor an existing "
-                                            "text file (one text per line).")
+                    raise FileNotFoundError(f"zscl_reference_texts={texts!r} is neither a list of texts nor an "
+                                            "existing text file (one text per line).")
                 with open(texts, encoding="utf-8") as f:
                     texts = [line.strip() for line in f if line.strip()]
                 if not texts:

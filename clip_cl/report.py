@@ -1,0 +1,628 @@
+"""`clip-cl report RUNS_DIR`: paper-style tables and figures from every `results.json` under a folder.
+
+Writes `report.md` with
+
+- one table per protocol (OST, MST) and variant (WM / IO / TO): method x metric, mean ± sample std over seeds;
+- Fig. 4 (`fig4_sessions.png/.svg`): UT-Acc and ZS-Acc after each session, one column per variant;
+- Fig. 5 (`fig5_retrieval.png/.svg`): TR@1 against IR@1, one panel per retrieval set and protocol;
+- the definitions of the metrics, and every run with its status, fingerprint and command.
+
+matplotlib is imported only when figures are drawn (with the Agg canvas, no pyplot state), so `import clip_cl` and
+`import clip_cl.report` stay light. Documentation: docs/reports.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunRecord", "Row", "find_runs", "build_tables", "write_report", "report_main", "METHOD_ORDER"]
+
+logger = logging.getLogger(__name__)
+
+# Row order of the tables: Original CLIP, the paper's order, the later methods, then the upper bound.
+METHOD_ORDER = ["original", "ft", "lwf", "geodl", "imm", "rkr", "vr_lwf", "zscl", "wise_ft", "lora", "joint_ft"]
+DISPLAY = {"original": "Original CLIP", "ft": "FT", "lwf": "LwF", "geodl": "GeoDL", "imm": "IMM", "rkr": "RKR",
+           "vr_lwf": "VR-LwF", "zscl": "ZSCL", "wise_ft": "WiSE-FT", "lora": "LoRA", "joint_ft": "Joint-FT"}
+BOUNDS = ("original", "joint_ft")  # lower / upper bound of UT-Acc: drawn grey, never bold in the tables
+VARIANT_NAMES = {"WM": "WM (whole model)", "IO": "IO (image encoder only)", "TO": "TO (text encoder only)"}
+VARIANT_ORDER = ["WM", "IO", "TO"]
+PROTOCOL_ORDER = ["ost", "mst"]
+CONTINUAL_COLUMNS = [("Avg", "avg"), ("Last", "last"), ("BWT", "bwt"), ("Transfer", "transfer")]
+# Settings that do not define a row: runs differing only in these are seeds of the same row.
+_SEED_KEYS = {"seed", "data_seed"}
+FIGURE_FILES = {"fig4": "fig4_sessions", "fig5": "fig5_retrieval"}
+
+
+@dataclass
+class RunRecord:
+    """One run folder found under RUNS_DIR."""
+
+    path: Path
+    rel: str
+    results: dict[str, Any]
+    command: str | None = None
+
+    @property
+    def method(self) -> str:
+        return str(self.results.get("method", "?"))
+
+    @property
+    def protocol(self) -> str:
+        return str(self.results.get("protocol", "?")).lower()
+
+    @property
+    def variant(self) -> str:
+        return str(self.results.get("variant", "?")).upper()
+
+    @property
+    def seed(self) -> Any:
+        return self.results.get("seed")
+
+    @property
+    def complete(self) -> bool:
+        return self.results.get("status") == "complete"
+
+    @property
+    def sessions_done(self) -> int:
+        return len(self.results.get("sessions") or [])
+
+    @property
+    def num_sessions(self) -> int:
+        return int(self.results.get("num_sessions") or 0)
+
+    @property
+    def display(self) -> str:
+        return DISPLAY.get(self.method) or self.results.get("method_display") or self.method
+
+    def setting(self) -> dict[str, Any]:
+        """The config without the seed (and, for evaluation-only methods, without the variant)."""
+        config = dict(self.results.get("config") or {})
+        for key in _SEED_KEYS:
+            config.pop(key, None)
+        if self.method == "original":
+            config.pop("variant", None)
+        config.setdefault("method", self.method)
+        config.setdefault("protocol", self.protocol)
+        return config
+
+    def setting_id(self) -> str:
+        blob = json.dumps(self.setting(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:8]
+
+    def evals(self) -> list[dict]:
+        """Evaluations in session order: index 0 = before training (when measured), then after each session."""
+        out = [self.results["before"]] if self.results.get("before") else []
+        return out + [s["eval"] for s in self.results.get("sessions") or [] if s.get("eval")]
+
+    def final_eval(self) -> dict | None:
+        sessions = [s["eval"] for s in self.results.get("sessions") or [] if s.get("eval")]
+        return sessions[-1] if sessions else None
+
+
+def find_runs(runs_dir: str | os.PathLike) -> list[RunRecord]:
+    """Every run under `runs_dir` (any depth): a folder with a readable `results.json` holding a clip-cl run."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder; give the folder that holds the runs (e.g. runs/sweep-quick).")
+    runs = []
+    for file in sorted(root.rglob("results.json")):
+        try:
+            results = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            logger.warning("Skipping %s: not readable JSON (%s)", file, err)
+            continue
+        if not isinstance(results, dict) or not {"method", "protocol", "sessions"} <= set(results):
+            logger.warning("Skipping %s: not a clip-cl results file", file)
+            continue
+        command_file = file.parent / ".sweep" / "command.txt"
+        command = command_file.read_text(encoding="utf-8").strip() if command_file.is_file() else None
+        rel = file.parent.relative_to(root).as_posix() or "."
+        runs.append(RunRecord(file.parent, rel, results, command))
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------------------- metrics
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def zs_mean(ev: dict) -> float | None:
+    """Mean zero-shot top-1 over the zero-shot sets of one evaluation (None without any)."""
+    return _mean([v["top1"] for v in (ev.get("zero_shot") or {}).values() if v.get("top1") is not None])
+
+
+def run_metrics(run: RunRecord) -> dict[str, float | None]:
+    """The headline numbers of one run after its last finished session, keyed by table column."""
+    out: dict[str, float | None] = {}
+    if run.protocol == "mst":
+        cont = run.results.get("continual") or {}
+        for label, key in CONTINUAL_COLUMNS:
+            out[label] = cont.get(key)
+    ev = run.final_eval()
+    if ev is None:
+        return out
+    out["UT-Acc"] = (ev.get("ut") or {}).get("acc")
+    zs = ev.get("zero_shot") or {}
+    for name, v in zs.items():
+        out[f"ZS-Acc {name}"] = v.get("top1")
+    if len(zs) > 1:
+        out["ZS-Acc mean"] = zs_mean(ev)
+    for name, v in (ev.get("retrieval") or {}).items():
+        out[f"TR@1 {name}"] = v.get("tr@1")
+        out[f"IR@1 {name}"] = v.get("ir@1")
+    return out
+
+
+@dataclass
+class Stat:
+    """Mean, sample standard deviation (n - 1; None for one value) and count of a metric over runs."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> Stat:
+        vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+        if not vals:
+            return cls(None, None, 0)
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+        return cls(mean, std, len(vals))
+
+    def format(self, n_runs: int) -> str:
+        if self.mean is None:
+            return "–"
+        text = f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+        if self.n != n_runs:
+            text += f" (n={self.n})"
+        return text
+
+
+@dataclass
+class Row:
+    """One table row: a method (and setting) in one protocol and variant, aggregated over its seeds."""
+
+    method: str
+    label: str
+    runs: list[RunRecord]
+    stats: dict[str, Stat] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def incomplete(self) -> list[RunRecord]:
+        return [r for r in self.runs if not r.complete]
+
+
+def _method_rank(method: str) -> tuple[int, str]:
+    if method in METHOD_ORDER:
+        rank = METHOD_ORDER.index(method)
+        return (rank if method != "joint_ft" else len(METHOD_ORDER) + 1, method)
+    return (len(METHOD_ORDER), method)  # unknown methods: after LoRA, before Joint-FT
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _setting_labels(runs: list[RunRecord]) -> dict[str, str]:
+    """When one method has several settings in one group, name each by the keys that differ (else by a hash)."""
+    settings = {}
+    for r in runs:
+        settings.setdefault(r.setting_id(), r.setting())
+    if len(settings) < 2:
+        return {sid: "" for sid in settings}
+    all_keys = set().union(*settings.values())
+    keys = sorted(k for k in all_keys
+                  if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in settings.values()}) > 1)
+    labels = {}
+    for sid, s in settings.items():
+        if 0 < len(keys) <= 3:
+            labels[sid] = ", ".join(f"{k}={_short(s.get(k))}" for k in keys)
+        else:
+            labels[sid] = f"setting {sid}"
+    return labels
+
+
+def _dedupe_original(runs: list[RunRecord]) -> list[RunRecord]:
+    """Original CLIP never trains: runs with the same setting and seed under several variants are one run."""
+    seen, out = set(), []
+    for r in runs:
+        key = (r.setting_id(), json.dumps(r.seed))
+        if r.method == "original":
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(r)
+    return out
+
+
+def group_runs(runs: Sequence[RunRecord]) -> dict[str, dict[str, list[Row]]]:
+    """`{protocol: {variant: [Row, ...]}}` in table order. Original CLIP rows appear in every variant of a protocol."""
+    out: dict[str, dict[str, list[Row]]] = {}
+    protocols = sorted({r.protocol for r in runs}, key=lambda p: (PROTOCOL_ORDER + [p]).index(p))
+    for protocol in protocols:
+        prot_runs = _dedupe_original([r for r in runs if r.protocol == protocol])
+        trained = [r for r in prot_runs if r.method != "original"]
+        originals = [r for r in prot_runs if r.method == "original"]
+        variants = sorted({r.variant for r in trained} or {r.variant for r in originals},
+                          key=lambda v: (VARIANT_ORDER + [v]).index(v))
+        out[protocol] = {}
+        for variant in variants:
+            members = originals + [r for r in trained if r.variant == variant]
+            rows = []
+            for method in sorted({r.method for r in members}, key=_method_rank):
+                mruns = [r for r in members if r.method == method]
+                labels = _setting_labels(mruns)
+                for sid in sorted(labels):
+                    sruns = sorted([r for r in mruns if r.setting_id() == sid], key=lambda r: json.dumps(r.seed))
+                    label = sruns[0].display + (f" ({labels[sid]})" if labels[sid] else "")
+                    row = Row(method, label, sruns)
+                    per_run = [run_metrics(r) for r in sruns]
+                    for col in dict.fromkeys(k for m in per_run for k in m):
+                        row.stats[col] = Stat.of([m.get(col) for m in per_run])
+                    rows.append(row)
+            out[protocol][variant] = rows
+    return out
+
+
+def build_tables(runs: Sequence[RunRecord]) -> dict[str, dict[str, list[Row]]]:
+    """Alias of [`group_runs`]: the rows of every table, with their statistics."""
+    return group_runs(runs)
+
+
+def _columns(protocol: str, rows_by_variant: dict[str, list[Row]]) -> list[str]:
+    present = list(dict.fromkeys(c for rows in rows_by_variant.values() for row in rows for c in row.stats))
+    zs = [c for c in present if c.startswith("ZS-Acc ") and c != "ZS-Acc mean"]
+    ret = [c for c in present if c.startswith(("TR@1 ", "IR@1 "))]
+    ret_sets = list(dict.fromkeys(c.split(" ", 1)[1] for c in ret))
+    ret_cols = [c for name in ret_sets for c in (f"TR@1 {name}", f"IR@1 {name}") if c in present]
+    cols = [label for label, _ in CONTINUAL_COLUMNS] if protocol == "mst" else []
+    cols += ["UT-Acc"] + zs + (["ZS-Acc mean"] if "ZS-Acc mean" in present else []) + ret_cols
+    return cols
+
+
+def _bold_best(rows: list[Row], col: str) -> set[int]:
+    """Indices of the rows holding the best mean in `col`, among non-bound methods (higher is better)."""
+    cands = [(i, r.stats[col].mean) for i, r in enumerate(rows)
+             if r.method not in BOUNDS and col in r.stats and r.stats[col].mean is not None]
+    if len(cands) < 2:
+        return set()
+    best = max(v for _, v in cands)
+    return {i for i, v in cands if round(v, 2) == round(best, 2)}
+
+
+def render_table(protocol: str, variant: str, rows: list[Row], columns: list[str]) -> list[str]:
+    head = ["Method", "n"] + [c + (" (final)" if protocol == "mst" and c not in dict(CONTINUAL_COLUMNS) else "")
+                              for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(columns)]
+    bold = {c: _bold_best(rows, c) for c in columns}
+    for i, row in enumerate(rows):
+        label = row.label + (" †" if row.incomplete else "")
+        cells = []
+        for c in columns:
+            stat = row.stats.get(c)
+            text = stat.format(row.n) if stat else "–"
+            cells.append(f"**{text}**" if i in bold[c] else text)
+        lines.append(f"| {label} | {row.n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------------------- figures
+
+
+def _colors(methods: Sequence[str]) -> dict[str, Any]:
+    """One colour per trained method (stable across figures); bounds are drawn in grey / black."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"].colors
+    trained = [m for m in sorted(set(methods), key=_method_rank) if m not in BOUNDS]
+    out = {m: palette[i % len(palette)] for i, m in enumerate(trained)}
+    out.update({"original": "0.45", "joint_ft": "0.1"})
+    return out
+
+
+def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1])
+    return paths
+
+
+def _band(values_per_run: list[list[float | None]]) -> tuple[list[int], list[float], list[float]]:
+    """x, mean and std (0 for one run) per index, over runs of possibly different lengths."""
+    xs, means, stds = [], [], []
+    for i in range(max(len(v) for v in values_per_run)):
+        vals = [v[i] for v in values_per_run if i < len(v) and v[i] is not None]
+        if not vals:
+            continue
+        s = Stat.of(vals)
+        xs.append(i)
+        means.append(s.mean)
+        stds.append(s.std or 0.0)
+    return xs, means, stds
+
+
+def _curve(run: RunRecord, metric: str) -> list[float | None]:
+    """UT-Acc or ZS-Acc by session index (0 = before training; None where the run did not measure it)."""
+    evals = run.evals()
+    if not run.results.get("before"):
+        evals = [None] + evals
+    if metric == "ut":
+        return [None if e is None else (e.get("ut") or {}).get("acc") for e in evals]
+    return [None if e is None else zs_mean(e) for e in evals]
+
+
+def draw_fig4(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[list[Path], str] | None:
+    """Fig. 4: UT-Acc (top) and ZS-Acc (bottom) after each session, one column per variant. MST runs (OST if none)."""
+    protocol = "mst" if "mst" in tables else "ost" if "ost" in tables else None
+    if protocol is None:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    by_variant = tables[protocol]
+    variants = list(by_variant)
+    colors = _colors([row.method for rows in by_variant.values() for row in rows])
+    zs_names = sorted({n for rows in by_variant.values() for row in rows for r in row.runs
+                       for e in r.evals() for n in (e.get("zero_shot") or {})})
+    zs_label = f"ZS-Acc on {zs_names[0]} (%)" if len(zs_names) == 1 else "ZS-Acc, mean of zero-shot sets (%)"
+    fig = Figure(figsize=(4.2 * len(variants) + 2.6, 7.0), layout="constrained")
+    axes = fig.subplots(2, len(variants), squeeze=False, sharex="col")
+    handles: dict[str, Any] = {}
+    max_x = 1
+    for col, variant in enumerate(variants):
+        for row_i, (metric, ylabel) in enumerate((("ut", "UT-Acc (%)"), ("zs", zs_label))):
+            ax = axes[row_i][col]
+            for row in by_variant[variant]:
+                xs, means, stds = _band([_curve(r, metric) for r in row.runs])
+                if not xs:
+                    continue
+                max_x = max(max_x, xs[-1])
+                if row.method == "original":
+                    style = dict(color=colors["original"], linestyle="--", linewidth=1.6, marker=None)
+                elif row.method == "joint_ft":
+                    style = dict(color=colors["joint_ft"], linestyle="-.", linewidth=1.6, marker=None)
+                else:
+                    style = dict(color=colors.get(row.method), linestyle="-", linewidth=1.8, marker="o",
+                                 markersize=4)
+                label = row.label + (" (lower bound)" if row.method == "original" else
+                                     " (upper bound)" if row.method == "joint_ft" else "")
+                (line,) = ax.plot(xs, means, label=label, **style)
+                if any(stds):
+                    lo = [m - s for m, s in zip(means, stds)]
+                    hi = [m + s for m, s in zip(means, stds)]
+                    ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+                handles.setdefault(label, (row.method, line))
+            ax.set_ylabel(ylabel)
+            ax.grid(True, alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if row_i == 0:
+                ax.set_title(VARIANT_NAMES.get(variant, variant))
+            else:
+                ax.set_xlabel("Session (0 = before training)")
+    for ax in axes.flat:
+        ax.set_xlim(-0.2, max_x + 0.2)
+    order = sorted(handles, key=lambda lab: (_method_rank(handles[lab][0]), lab))
+    legend_handles = [handles[k][1] for k in order]
+    if any(len(r.runs) > 1 for rows in by_variant.values() for r in rows):
+        legend_handles.append(Line2D([], [], color="0.6", linewidth=8, alpha=0.3))
+        order.append("± 1 std over seeds")
+    fig.legend(legend_handles, order, loc="outside right upper", title="Method", frameon=False)
+    title = "MST" if protocol == "mst" else "OST"
+    fig.suptitle(f"Fig. 4 - UT-Acc and ZS-Acc after each session ({title})")
+    caption = (f"UT-Acc and ZS-Acc after each {title} session (session 0 = the starting model), one column per variant; "
+               "Original CLIP (dashed) and Joint-FT (dash-dot) are the lower and upper bounds of UT-Acc.")
+    return _save(fig, out_dir, FIGURE_FILES["fig4"]), caption
+
+
+def draw_fig5(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[list[Path], str] | None:
+    """Fig. 5: TR@1 vs IR@1 after the last session, one panel per retrieval set (rows) and protocol (columns)."""
+    protocols = [p for p in tables if any(row.stats for rows in tables[p].values() for row in rows)]
+    datasets = list(dict.fromkeys(n for p in protocols for rows in tables[p].values() for row in rows
+                                  for r in row.runs for n in ((r.final_eval() or {}).get("retrieval") or {})))
+    if not protocols or not datasets:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    all_rows = [row for p in protocols for rows in tables[p].values() for row in rows]
+    colors = _colors([row.method for row in all_rows])
+    markers = {"WM": "o", "IO": "s", "TO": "^"}
+    fig = Figure(figsize=(4.3 * len(protocols) + 2.8, 3.9 * len(datasets)), layout="constrained")
+    axes = fig.subplots(len(datasets), len(protocols), squeeze=False)
+    used_methods, used_variants = {}, set()
+    for i, name in enumerate(datasets):
+        for j, protocol in enumerate(protocols):
+            ax = axes[i][j]
+            starts = set()
+            for variant, rows in tables[protocol].items():
+                for row in rows:
+                    pts = [((r.final_eval() or {}).get("retrieval") or {}).get(name) for r in row.runs]
+                    pts = [p for p in pts if p]
+                    for r in row.runs:
+                        b = ((r.results.get("before") or {}).get("retrieval") or {}).get(name)
+                        if b:
+                            starts.add((round(b["tr@1"], 6), round(b["ir@1"], 6)))
+                    if not pts:
+                        continue
+                    tr, ir = Stat.of([p["tr@1"] for p in pts]), Stat.of([p["ir@1"] for p in pts])
+                    marker = "D" if row.method == "original" else markers.get(variant, "o")
+                    ax.errorbar(tr.mean, ir.mean, xerr=tr.std, yerr=ir.std, fmt=marker, markersize=8,
+                                color=colors.get(row.method), markeredgecolor="black", markeredgewidth=0.6,
+                                elinewidth=1, capsize=2, alpha=0.9, zorder=3)
+                    used_methods.setdefault(row.method, row.runs[0].display)
+                    if row.method != "original":
+                        used_variants.add(variant)
+            for tr0, ir0 in starts:
+                ax.scatter([tr0], [ir0], marker="*", s=260, color="gold", edgecolor="black", linewidth=0.8, zorder=4)
+            ax.set_xlabel("TR@1 (%)")
+            ax.set_ylabel("IR@1 (%)")
+            ax.set_title(f"{name} - {protocol.upper()}")
+            ax.grid(True, alpha=0.3)
+            ax.margins(0.15)
+    handles = [Line2D([], [], linestyle="none", marker="s", markersize=9, color=colors.get(m),
+                      markeredgecolor="black", markeredgewidth=0.6)
+               for m in sorted(used_methods, key=_method_rank)]
+    labels = [used_methods[m] for m in sorted(used_methods, key=_method_rank)]
+    for v in [v for v in VARIANT_ORDER if v in used_variants] + sorted(used_variants - set(VARIANT_ORDER)):
+        handles.append(Line2D([], [], linestyle="none", marker=markers.get(v, "o"), markersize=8, color="white",
+                              markeredgecolor="black"))
+        labels.append(f"variant {v}")
+    if "original" in used_methods:
+        handles.append(Line2D([], [], linestyle="none", marker="D", markersize=8, color="white",
+                              markeredgecolor="black"))
+        labels.append("Original CLIP (any variant)")
+    handles.append(Line2D([], [], linestyle="none", marker="*", markersize=15, color="gold", markeredgecolor="black"))
+    labels.append("starting model")
+    fig.legend(handles, labels, loc="outside right upper", frameon=False, title="Colour: method\nShape: variant")
+    fig.suptitle("Fig. 5 - image-text retrieval after the last session: TR@1 vs IR@1")
+    caption = ("TR@1 against IR@1 after the last session, one panel per retrieval set (rows) and protocol (columns); "
+               "colour = method, marker = variant, gold star = the starting model; error bars = ± 1 std over seeds.")
+    return _save(fig, out_dir, FIGURE_FILES["fig5"]), caption
+
+
+# ------------------------------------------------------------------------------------------------------------ report
+
+_DEFINITIONS = """\
+All numbers are percentages (0-100), measured after the last finished session unless the column says otherwise.
+Ranking ties count against the model (docs/metrics.md, "The tie rule").
+
+- **UT-Acc** (updated task): top-1 accuracy on the update-task test images of the classes learned so far, classified
+  among those classes (before training: all classes). For MST "(final)" is after the last session.
+- **ZS-Acc <set>**: zero-shot top-1 accuracy on a held-out classification set, class prompts from
+  `zero_shot_templates`; **ZS-Acc mean** is the plain mean over the sets (shown when there are several).
+- **TR@1 / IR@1 <set>**: image-to-text / text-to-image Recall@1 on an image-caption set; an image counts as retrieved
+  when any of its captions ranks first.
+- MST only, from the accuracy matrix `a[i][j]` = UT-Acc per session `j` after session `i` (class-incremental: session
+  `j` classified among the classes of sessions `0..max(i, j)`):
+  - **Avg**: mean over sessions `i` of the mean of `a[i][j]` for `j <= i` (average incremental accuracy);
+  - **Last**: mean of the last row `a[T-1][j]`;
+  - **BWT**: mean over `j < T-1` of `a[T-1][j] - a[j][j]` (negative = forgetting);
+  - **Transfer**: accuracy on a session before it is learned, averaged over sessions; the starting model's row counts
+    as `i = -1` when it was evaluated (the default).
+- **n**: runs (seeds) behind a row; cells show mean ± sample standard deviation (n − 1 denominator) when n > 1, and
+  `(n=k)` when only `k` runs have that value. **Bold**: best mean among the non-bound methods of a table.
+- **†**: at least one run of the row is incomplete; its values come from the sessions finished so far, and Avg / Last /
+  BWT / Transfer (which need every session) from the complete runs only.
+- Original CLIP (never trained; lower bound of UT-Acc) appears in every variant's table; Joint-FT (trained on all data
+  seen so far from the starting model) is the upper bound.
+"""
+
+
+def _metrics_doc_link(out_dir: Path) -> str:
+    doc = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+    if doc.is_file():
+        return f"[docs/metrics.md]({Path(os.path.relpath(doc, out_dir.resolve())).as_posix()})"
+    return "`docs/metrics.md` in the clip-cl repository"
+
+
+def render_report(runs: Sequence[RunRecord], tables: dict[str, dict[str, list[Row]]], figures: dict[str, Any],
+                  runs_dir: Path, out_dir: Path) -> str:
+    lines = [f"# clip-cl report: `{runs_dir}`", ""]
+    n_incomplete = sum(not r.complete for r in runs)
+    lines += [f"{len(runs)} runs ({len(runs) - n_incomplete} complete, {n_incomplete} incomplete). "
+              "Generated by `clip-cl report`; definitions at the end.", ""]
+    names = {"ost": "OST: one session on all update classes", "mst": "MST: several sessions of disjoint classes"}
+    for protocol, by_variant in tables.items():
+        num = sorted({r.num_sessions for rows in by_variant.values() for row in rows for r in row.runs})
+        sessions = f" ({'/'.join(map(str, num))} sessions)" if protocol == "mst" else ""
+        lines += [f"## {names.get(protocol, protocol.upper())}{sessions}", ""]
+        columns = _columns(protocol, by_variant)
+        for variant, rows in by_variant.items():
+            lines += [f"### {protocol.upper()} · {VARIANT_NAMES.get(variant, variant)}", ""]
+            lines += render_table(protocol, variant, rows, columns)
+            flagged = [r for row in rows for r in row.incomplete]
+            if flagged:
+                lines += ["", "† incomplete: " + "; ".join(
+                    f"`{r.rel}` ({r.sessions_done} of {r.num_sessions} sessions)" for r in flagged)]
+            lines.append("")
+    if not tables:
+        lines += ["No runs found.", ""]
+    for key, title in (("fig4", "Fig. 4: accuracy after each session"), ("fig5", "Fig. 5: retrieval trade-off")):
+        if figures.get(key):
+            paths, caption = figures[key]
+            png = Path(os.path.relpath(paths[0], out_dir)).as_posix()
+            svg = Path(os.path.relpath(paths[1], out_dir)).as_posix()
+            lines += [f"## {title}", "", f"![{title}]({png})", "", f"{caption} ([SVG]({svg}))", ""]
+    lines += ["## Definitions", "", _DEFINITIONS, f"Formulas and a worked example: {_metrics_doc_link(out_dir)}.", ""]
+    lines += ["## Runs", "",
+              "Fingerprint: hash of the settings that define what a run computes (`run.json` holds them). Command: "
+              "as launched by `clip-cl sweep` (`.sweep/command.txt`; runs started otherwise record none).", "",
+              "| run | method | variant | protocol | seed | sessions | status | fingerprint | command |",
+              "|---|---|---|---|---:|---:|---|---|---|"]
+    for r in sorted(runs, key=lambda r: r.rel):
+        status = r.results.get("status", "?")
+        cmd = f"`{r.command}`" if r.command else "–"
+        lines.append(f"| `{r.rel}` | {r.display} | {r.variant} | {r.protocol.upper()} | {r.seed} | "
+                     f"{r.sessions_done}/{r.num_sessions} | {status} | `{r.results.get('fingerprint', '?')}` | {cmd} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(runs_dir: str | os.PathLike, output: str | os.PathLike | None = None, *,
+                 figures: bool = True) -> Path:
+    """Scan `runs_dir` for runs and write `report.md` (and the figures) to `output` (default: `runs_dir`).
+
+    Returns:
+        `Path`: the written `report.md`.
+    """
+    runs_dir = Path(runs_dir)
+    out_dir = Path(output) if output is not None else runs_dir
+    runs = find_runs(runs_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = group_runs(runs)
+    figs: dict[str, Any] = {}
+    if figures and runs:
+        figs["fig4"] = draw_fig4(tables, out_dir)
+        figs["fig5"] = draw_fig5(tables, out_dir)
+    from .io import atomic_write_text
+
+    path = out_dir / "report.md"
+    atomic_write_text(path, render_report(runs, tables, figs, runs_dir, out_dir))
+    return path
+
+
+def report_main(argv: Sequence[str] | None = None) -> Path:
+    """`clip-cl report RUNS_DIR [--output DIR] [--no_figures]`."""
+    parser = argparse.ArgumentParser(
+        prog="clip-cl report",
+        description="Scan RUNS_DIR (any depth) for results.json files and write report.md: per protocol and variant, "
+                    "a method x metric table (mean ± std over seeds), Fig. 4 (UT-Acc / ZS-Acc per session) and Fig. 5 "
+                    "(TR@1 vs IR@1) as PNG and SVG, metric definitions, and every run with its fingerprint. "
+                    "See docs/reports.md.")
+    parser.add_argument("runs_dir", help="folder holding the runs (e.g. runs/sweep-quick)")
+    parser.add_argument("--output", default=None, help="folder for report.md and the figures (default: RUNS_DIR)")
+    parser.add_argument("--no_figures", action="store_true", help="write the tables only (no matplotlib)")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        path = write_report(args.runs_dir, args.output, figures=not args.no_figures)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"Wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    report_main()
