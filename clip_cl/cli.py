@@ -105,14 +105,18 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "clip-cl trai
 
 def train_main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of `recipes/train.py` and `clip-cl train`."""
-    from .runner import run_protocol
+    from .runner import RunFolderError, run_protocol
 
     _setup_logging()
     try:
         config = parse_config(argv)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    results = run_protocol(config)
+    try:
+        results = run_protocol(config)
+    except (RunFolderError, FloatingPointError) as err:
+        # Expected failures with a message that says what to do: no traceback. Results written so far are intact.
+        raise SystemExit(f"error: {err}") from None
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -133,6 +137,40 @@ def _setup_logging() -> None:
                         datefmt="%H:%M:%S")
 
 
+def eval_main(argv: Sequence[str] | None = None) -> dict:
+    """`clip-cl eval`: evaluate a model on a config's datasets (UT-Acc over all sessions, zero-shot, retrieval), with
+    no training. Writes `<output_dir>/eval_results.json` and prints a table."""
+    import json
+
+    from accelerate import PartialState
+
+    from .io import atomic_write_json
+    from .models import load_clip
+    from .runner import build_evaluator, build_protocol
+
+    _setup_logging()
+    try:
+        config = parse_config(argv, prog="clip-cl eval")
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    model, processor = load_clip(config.model_name_or_path, local_files_only=config.local_files_only)
+    model.to(PartialState().device)
+    protocol = build_protocol(config)
+    skipped: dict[str, int] = {}
+    evaluator = build_evaluator(protocol, processor, config, skipped)
+    results = {"model": config.model_name_or_path, "eval": evaluator.evaluate(model, seen=config.num_sessions),
+               "splits": protocol.describe()}
+    if config.skip_corrupt_images:
+        results["skipped_images"] = skipped
+    if PartialState().is_main_process:
+        out = Path(config.output_dir) / "eval_results.json"
+        atomic_write_json(out, results)
+        row = evaluator.summary_row(results["eval"])
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, indent=2))
+        print(f"Written to {out}")
+    return results
+
+
 def methods_main(argv: Sequence[str] | None = None) -> None:
     """`clip-cl methods`: list the registered methods."""
     from .methods import list_methods
@@ -148,6 +186,7 @@ def methods_main(argv: Sequence[str] | None = None) -> None:
 # name -> (module, function, help); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("clip_cl.cli", "train_main", "run a method over an OST/MST protocol from a YAML config"),
+    "eval": ("clip_cl.cli", "eval_main", "evaluate a model on a config's datasets, without training"),
     "methods": ("clip_cl.cli", "methods_main", "list the registered methods"),
     "sweep": ("clip_cl.sweep", "sweep_main", "run methods x variants x protocols x seeds from a sweep YAML (resumable)"),
     "report": ("clip_cl.report", "report_main", "paper-style tables and Fig. 4 / Fig. 5 from a folder of runs"),

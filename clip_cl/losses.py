@@ -127,16 +127,16 @@ def pca_basis(features: torch.Tensor, dim: int, center: bool = True) -> torch.Te
     """Orthonormal basis `[D, dim]` of the top-`dim` principal directions of `features` `[n, D]` (PCA by SVD).
 
     Args:
-        features (`torch.Tensor`): `[n, D]` samples in rows.
+        features (`torch.Tensor`): `[n, D]` samples in rows, or `[..., n, D]` for a batch of sets (one SVD call).
         dim (`int`): number of directions kept.
         center (`bool`, defaults to `True`): subtract the mean sample first (PCA); `False` spans the raw samples.
 
     Returns:
-        `torch.Tensor`: `[D, dim]` with orthonormal columns, in the dtype of `features`.
+        `torch.Tensor`: `[D, dim]` (or `[..., D, dim]`) with orthonormal columns, in the dtype of `features`.
     """
-    x = features - features.mean(0, keepdim=True) if center else features
+    x = features - features.mean(-2, keepdim=True) if center else features
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
-    return vh[:dim].transpose(0, 1)
+    return vh[..., :dim, :].transpose(-2, -1)
 
 
 def _gfk_coefficients(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -230,7 +230,8 @@ def geodesic_distillation_loss(
         return (s * 0.0).sum()
     with torch.autocast(device_type=s.device.type, enabled=False):
         with torch.no_grad() if detach_kernel else contextlib.nullcontext():
-            kernel = gfk_matrix(pca_basis(s.double(), d, center), pca_basis(t.double(), d, center)).float()
+            bases = pca_basis(torch.stack([s, t]).double(), d, center)  # both subspaces in one SVD call
+            kernel = gfk_matrix(bases[0], bases[1]).float()
         if form == "distance":
             diff = s - t
             return ((diff @ kernel) * diff).sum(-1).mean()

@@ -331,7 +331,9 @@ def _colors(methods: Sequence[str]) -> dict[str, Any]:
     """One colour per trained method (stable across figures); bounds are drawn in grey / black."""
     from matplotlib import colormaps
 
-    palette = colormaps["tab10"].colors
+    # tab10 without its grey (kept for the bounds), then tab20's lighter shades for more methods
+    palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7]
+    palette += [c for i, c in enumerate(colormaps["tab20"].colors) if i % 2 and i != 15]
     trained = [m for m in sorted(set(methods), key=_method_rank) if m not in BOUNDS]
     out = {m: palette[i % len(palette)] for i, m in enumerate(trained)}
     out.update({"original": "0.45", "joint_ft": "0.1"})
@@ -432,7 +434,8 @@ def draw_fig4(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
     title = "MST" if protocol == "mst" else "OST"
     fig.suptitle(f"Fig. 4 - UT-Acc and ZS-Acc after each session ({title})")
     caption = (f"UT-Acc and ZS-Acc after each {title} session (session 0 = the starting model), one column per variant; "
-               "Original CLIP (dashed) and Joint-FT (dash-dot) are the lower and upper bounds of UT-Acc.")
+               "Original CLIP (dashed) and Joint-FT (dash-dot) are the lower and upper bounds of UT-Acc; lines are means "
+               "over seeds with ± 1 std shaded, and unfinished runs count up to their last session.")
     return _save(fig, out_dir, FIGURE_FILES["fig4"]), caption
 
 
@@ -458,7 +461,8 @@ def draw_fig5(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
             starts = set()
             for variant, rows in tables[protocol].items():
                 for row in rows:
-                    pts = [((r.final_eval() or {}).get("retrieval") or {}).get(name) for r in row.runs]
+                    finished = [r for r in row.runs if r.complete]  # unfinished runs stopped at other sessions
+                    pts = [((r.final_eval() or {}).get("retrieval") or {}).get(name) for r in finished]
                     pts = [p for p in pts if p]
                     for r in row.runs:
                         b = ((r.results.get("before") or {}).get("retrieval") or {}).get(name)
@@ -498,7 +502,8 @@ def draw_fig5(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
     fig.legend(handles, labels, loc="outside right upper", frameon=False, title="Colour: method\nShape: variant")
     fig.suptitle("Fig. 5 - image-text retrieval after the last session: TR@1 vs IR@1")
     caption = ("TR@1 against IR@1 after the last session, one panel per retrieval set (rows) and protocol (columns); "
-               "colour = method, marker = variant, gold star = the starting model; error bars = ± 1 std over seeds.")
+               "colour = method, marker = variant, gold star = the starting model; error bars = ± 1 std over seeds; "
+               "unfinished runs are left out.")
     return _save(fig, out_dir, FIGURE_FILES["fig5"]), caption
 
 

@@ -115,22 +115,38 @@ def build_protocol(config: CLIPCLConfig):
     )
 
 
-def build_evaluator(protocol, processor, config: CLIPCLConfig):
+def _checked(dataset, name: str, config: CLIPCLConfig, skipped: dict[str, int] | None):
+    """With `skip_corrupt_images`, drop unreadable rows once and count them; otherwise the data is used as is and the
+    first unreadable image raises an error naming the dataset, row and file."""
+    if not config.skip_corrupt_images:
+        return dataset
+    from .data import verify_images
+
+    dataset, dropped = verify_images(dataset, dataset_name=name, skip_corrupt=True)
+    if skipped is not None:
+        skipped[name] = skipped.get(name, 0) + dropped
+    return dataset
+
+
+def build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[str, int] | None = None):
     """An [`Evaluator`] over the protocol's update-test, zero-shot and retrieval sets (evaluation transforms)."""
     from .data import with_image_transform
     from .evaluation import Evaluator
 
     # Protocol datasets carry canonical column names: image, label / captions.
     ip = processor.image_processor
+    test_name = f"{protocol.update_test.name}/{protocol.update_test.split}"
     update = (
-        with_image_transform(protocol.update_test_dataset(), ip, train=False, label_column="label",
-                             dataset_name=protocol.update_test.name),
+        with_image_transform(_checked(protocol.update_test_dataset(), test_name, config, skipped), ip, train=False,
+                             label_column="label", dataset_name=test_name),
         protocol.class_names,
         protocol.sessions,
     )
-    zero_shot = {name: (with_image_transform(ds, ip, train=False, label_column="label", dataset_name=name), names)
+    zero_shot = {name: (with_image_transform(_checked(ds, name, config, skipped), ip, train=False,
+                                             label_column="label", dataset_name=name), names)
                  for name, (ds, names) in protocol.zero_shot_datasets().items()}
-    retrieval = {name: with_image_transform(ds, ip, train=False, captions_column="captions", dataset_name=name)
+    retrieval = {name: with_image_transform(_checked(ds, name, config, skipped), ip, train=False,
+                                            captions_column="captions", dataset_name=name)
                  for name, ds in protocol.retrieval_datasets().items()}
     autocast = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
     return Evaluator(
@@ -284,7 +300,8 @@ def run_protocol(config: CLIPCLConfig) -> dict:
     model, processor = load_clip(config.model_name_or_path, local_files_only=config.local_files_only)
     model.to(state.device)
     protocol = build_protocol(config)
-    evaluator = build_evaluator(protocol, processor, config)
+    skipped: dict[str, int] = {}
+    evaluator = build_evaluator(protocol, processor, config, skipped)
     trainer_cls = spec.trainer_cls
     display = getattr(trainer_cls, "_name", None) or {"original": "Original CLIP"}.get(spec.name, spec.name)
 
@@ -295,6 +312,8 @@ def run_protocol(config: CLIPCLConfig) -> dict:
         "fingerprint": config_fingerprint(config), "config": result_config(config), "splits": protocol.describe(),
         "before": None, "sessions": [], "status": "running",
     }
+    if config.skip_corrupt_images:
+        results["skipped_images"] = skipped
 
     def save_results() -> None:
         if state.is_main_process:
@@ -339,8 +358,10 @@ def run_protocol(config: CLIPCLConfig) -> dict:
             names = [protocol.class_names[i] for i in ids]
             from .data import with_image_transform
 
+            train_name = f"{protocol.update_train.name}/{protocol.update_train.split}"
+            raw = _checked(raw, train_name, config, skipped)
             train_ds = with_image_transform(raw, processor.image_processor, train=True, label_column="label",
-                                            dataset_name=protocol.update_train.name)
+                                            dataset_name=train_name)
             args = _session_args(config, session_dir, t)
             set_seed(args.seed)
             trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, processing_class=processor,

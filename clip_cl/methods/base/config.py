@@ -73,6 +73,9 @@ class CLIPCLConfig(TrainingArguments):
             Evaluate the starting model (the "before" row).
         max_eval_samples (`int`, *optional*):
             Cap every evaluation set at this many (seeded) samples, for quick runs.
+        skip_corrupt_images (`bool`, defaults to `False`):
+            Scan every dataset once and drop unreadable images, counting them in `results.json` (`skipped_images`);
+            by default the first unreadable image stops the run with an error naming the dataset, row and file.
         step_lr_epochs (`float`, *optional*, defaults to 10):
             Decay the learning rate by `step_lr_gamma` every this many epochs (the paper's StepLR); `None` uses
             `lr_scheduler_type` instead.
@@ -118,6 +121,9 @@ class CLIPCLConfig(TrainingArguments):
     eval_before_training: bool = field(default=True, metadata={"help": "Evaluate the starting model first."})
     max_eval_samples: int | None = field(default=None, metadata={
         "help": "Cap every evaluation set at this many seeded samples (quick runs)."})
+    skip_corrupt_images: bool = field(default=False, metadata={
+        "help": "Drop unreadable images (counted in results.json under skipped_images) instead of stopping with an "
+                "error that names the dataset, row and file."})
     step_lr_epochs: float | None = field(default=10, metadata={
         "help": "StepLR: multiply the learning rate by step_lr_gamma every this many epochs (paper: 10). "
                 "None uses lr_scheduler_type instead."})

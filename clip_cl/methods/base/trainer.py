@@ -178,8 +178,8 @@ class CLIPCLTrainer(Trainer):
         return None
 
     def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The updated task's loss: cross-entropy over the session's classes."""
-        return F.cross_entropy(logits.float(), targets)
+        """The updated task's loss: cross-entropy over the session's classes (with `label_smoothing_factor`)."""
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.args.label_smoothing_factor)
 
     def method_losses(self, model, inputs: dict, outputs: StudentOutputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """The method's extra loss terms, already weighted; their sum is added to the cross-entropy."""

@@ -1,8 +1,8 @@
 from ..registry import register_method
 from .config import ZSCLConfig
-from .trainer import ZSCLStudentOutputs, ZSCLTrainer, distillation_loss, l2_to_reference
+from .trainer import ZSCLStudentOutputs, ZSCLTrainer, l2_to_reference
 
-__all__ = ["ZSCLConfig", "ZSCLStudentOutputs", "ZSCLTrainer", "distillation_loss", "l2_to_reference"]
+__all__ = ["ZSCLConfig", "ZSCLStudentOutputs", "ZSCLTrainer", "l2_to_reference"]
 
 register_method("zscl", ZSCLConfig, ZSCLTrainer,
                 "ZSCL: distillation from the zero-shot model on reference images and texts, L2 to the starting "

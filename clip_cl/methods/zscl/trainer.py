@@ -12,12 +12,13 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ...features import encode_texts, tokenize
+from ...losses import kd_kl_loss
 from ...merging import assign_parameters, running_average_update, trainable_state
 from ...prompts import format_prompts
 from ..base.trainer import CLIPCLTrainer, StudentOutputs, unwrap
 from .config import ZSCLConfig
 
-__all__ = ["ZSCLTrainer", "ZSCLStudentOutputs", "ZSCL_PAPER", "distillation_loss", "l2_to_reference"]
+__all__ = ["ZSCLTrainer", "ZSCLStudentOutputs", "ZSCL_PAPER", "l2_to_reference"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,31 +35,6 @@ ZSCL_PAPER = {
 }
 
 WEIGHT_ENSEMBLE_FILE = "zscl_weight_ensemble.safetensors"
-
-
-def distillation_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-                      temperature: float = 2.0) -> torch.Tensor:
-    """Temperature-scaled distillation, `T^2 * mean_rows KL(softmax(t / T) || softmax(s / T))`.
-
-    ZSCL's code writes it as the cross-entropy `CE(s / T, softmax(t / T)) * T^2`; the two differ by the teacher's
-    entropy, a constant, so their gradients are identical, and the KL form is 0 when student and teacher agree.
-
-    Args:
-        teacher_logits (`Tensor`): `[N, K]` logits of the teacher (no gradient flows into them).
-        student_logits (`Tensor`): `[N, K]` logits of the student.
-        temperature (`float`, defaults to 2.0): the temperature `T`.
-
-    Returns:
-        `Tensor`: the scalar loss (float32).
-    """
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(f"Teacher logits {tuple(teacher_logits.shape)} and student logits "
-                         f"{tuple(student_logits.shape)} must have the same shape.")
-    t = teacher_logits.detach().float() / temperature
-    s = student_logits.float() / temperature
-    log_p_t = F.log_softmax(t, dim=-1)
-    kl = (log_p_t.exp() * (log_p_t - F.log_softmax(s, dim=-1))).sum(-1)
-    return kl.mean() * temperature ** 2
 
 
 def l2_to_reference(params: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -218,10 +194,6 @@ class ZSCLTrainer(CLIPCLTrainer):
         return {n: p.detach().to("cpu", copy=True) for n, p in unwrap(model).named_parameters()}
 
     # ------------------------------------------------------------------ loss
-    def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy with ZSCL's label smoothing (`label_smoothing_factor`)."""
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.args.label_smoothing_factor)
-
     def _distills(self) -> bool:
         return bool(self.args.zscl_image_loss_weight or self.args.zscl_text_loss_weight)
 
@@ -267,11 +239,11 @@ class ZSCLTrainer(CLIPCLTrainer):
             student_logits = outputs.logit_scale.float() * outputs.reference_image_embeds.float() @ student_text.t()
             teacher_logits = self.teacher_logit_scale() * teacher_image @ teacher_text.t()
             if args.zscl_image_loss_weight:
-                terms["zscl_image"] = args.zscl_image_loss_weight * distillation_loss(
-                    teacher_logits, student_logits, args.zscl_temperature)
+                terms["zscl_image"] = args.zscl_image_loss_weight * kd_kl_loss(
+                    student_logits, teacher_logits, args.zscl_temperature)
             if args.zscl_text_loss_weight:
-                terms["zscl_text"] = args.zscl_text_loss_weight * distillation_loss(
-                    teacher_logits.t(), student_logits.t(), args.zscl_temperature)
+                terms["zscl_text"] = args.zscl_text_loss_weight * kd_kl_loss(
+                    student_logits.t(), teacher_logits.t(), args.zscl_temperature)
         if args.zscl_l2_weight:
             params = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
             terms["l2"] = args.zscl_l2_weight * l2_to_reference(params, self.l2_reference())
