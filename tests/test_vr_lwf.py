@@ -79,9 +79,10 @@ def test_pseudo_tokens_wrapped_without_special_ids(tmp_path, tiny, random_images
 
 
 def test_same_seed_same_tokens(tmp_path, tiny, random_images):
+    # draws depend on the seeds only, so the trainers may share one model
     a = make_trainer(tmp_path, tiny, random_images, seed=3)
-    b = make_trainer(tmp_path, (tiny_clip(seed=0)[0], tiny[1]), random_images, seed=3)
-    c = make_trainer(tmp_path, (tiny_clip(seed=0)[0], tiny[1]), random_images, seed=3, vr_seed=4)
+    b = make_trainer(tmp_path, tiny, random_images, seed=3)
+    c = make_trainer(tmp_path, tiny, random_images, seed=3, vr_seed=4)
     a.model.train(), b.model.train()
     first_a, first_b = a.draw_pseudo_classes(a.model), b.draw_pseudo_classes(b.model)
     assert torch.equal(first_a["input_ids"], first_b["input_ids"])
@@ -98,7 +99,7 @@ def test_resume_draws_the_same_pseudo_classes(tmp_path, tiny, random_images):
     full_draws = record_draws(full)
     full.train()
     assert [s for s, _ in full_draws] == [0, 1, 2]
-    resumed = make_trainer(tmp_path / "r", (tiny_clip(seed=0)[0], tiny[1]), random_images, **args)
+    resumed = make_trainer(tmp_path / "r", tiny, random_images, **args)  # weights come from the checkpoint
     resumed_draws = record_draws(resumed)
     resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
     assert [s for s, _ in resumed_draws] == [2]
@@ -151,10 +152,9 @@ def test_mst_adds_lwf_over_distilled_classes(tmp_path, tiny, random_images):
 def test_lwf_term_by_protocol(tmp_path, tiny, random_images):
     # MST without seen classes: LwF over the session's classes; MST first session (no old class known): no LwF
     assert make_trainer(tmp_path, tiny, random_images, protocol="mst", num_sessions=2).use_lwf
-    first = make_trainer(tmp_path, (tiny_clip(seed=0)[0], tiny[1]), random_images, protocol="mst", num_sessions=2,
-                         distill_class_names=["a", "b"])
+    first = make_trainer(tmp_path, tiny, random_images, protocol="mst", num_sessions=2, distill_class_names=["a", "b"])
     assert not first.use_lwf
-    assert not make_trainer(tmp_path, (tiny_clip(seed=0)[0], tiny[1]), random_images).use_lwf
+    assert not make_trainer(tmp_path, tiny, random_images).use_lwf
 
 
 @pytest.mark.parametrize("protocol", ["ost", "mst"])
@@ -215,5 +215,5 @@ def test_pool_encodes_teacher_once(tmp_path, tiny, random_images):
         rows = [tuple(r) for r in ids.tolist()]
         assert len(rows) == 16 and len(set(rows)) == 16 and set(rows) <= pool_rows
     # the pool is the same in a new trainer with the same seed (a resumed session)
-    again = make_trainer(tmp_path, (tiny_clip(seed=0)[0], tiny[1]), random_images, vr_pool_size=40)
+    again = make_trainer(tmp_path, tiny, random_images, vr_pool_size=40)
     assert torch.equal(again._pool_tokens["input_ids"], pool)

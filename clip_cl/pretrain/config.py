@@ -162,6 +162,8 @@ class PretrainConfig(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep every collated key."})
     dataloader_num_workers: int = field(default=0, metadata={
         "help": "DataLoader workers (0: the batches come from an in-memory tensor cache)."})
+    dataloader_pin_memory: bool = field(default=False, metadata={
+        "help": "Pin batches in page-locked memory (only useful when training on a GPU)."})
 
     def __post_init__(self):
         self.model_config = _maybe_json(self.model_config, "model_config") or {}

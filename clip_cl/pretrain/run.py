@@ -336,7 +336,7 @@ def run_pretrain(config: PretrainConfig, command: str | None = None) -> dict[str
             "cache_seconds": cache_seconds,
             "final_loss": losses[-1] if losses else None,
             "mean_train_loss": output.training_loss,
-            "logit_scale": float(model.logit_scale.exp()),
+            "logit_scale": float(model.logit_scale.detach().exp()),
             "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
         },
         "evaluation": evaluation,
