@@ -140,7 +140,10 @@ def pca_basis(features: torch.Tensor, dim: int, center: bool = True) -> torch.Te
 
 
 def _gfk_coefficients(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`k1 = ∫cos²(tθ)`, `k2 = ∫cos(tθ)sin(tθ) / sin θ`, `k3 = ∫sin²(tθ) / sin²θ` over `t ∈ [0, 1]`, stable at θ → 0."""
+    """`k1 = ∫cos²(tθ)`, `k2 = ∫cos(tθ)sin(tθ) / sin θ`, `k3 = ∫sin²(tθ) / sin²θ` over `t ∈ [0, 1]`.
+
+    Stable at θ → 0, where `k2 → 1/2` and `k3 → 1/3` (series `1/3 + 2θ²/45` below θ = 1e-3).
+    """
     k1 = 0.5 * (1.0 + torch.sinc(2.0 * theta / torch.pi))  # sinc(x) = sin(pi x) / (pi x)
     k2 = 0.5 * torch.sinc(theta / torch.pi)
     small = theta < 1e-3

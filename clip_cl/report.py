@@ -84,8 +84,8 @@ class RunRecord:
     def display(self) -> str:
         return DISPLAY.get(self.method) or self.results.get("method_display") or self.method
 
-    def setting(self) -> dict[str, Any]:
-        """The config without the seed (and, for evaluation-only methods, without the variant)."""
+    def setting(self, keys: set[str] | None = None) -> dict[str, Any]:
+        """The config without the seed (and, for evaluation-only methods, without the variant), restricted to `keys`."""
         config = dict(self.results.get("config") or {})
         for key in _SEED_KEYS:
             config.pop(key, None)
@@ -93,10 +93,10 @@ class RunRecord:
             config.pop("variant", None)
         config.setdefault("method", self.method)
         config.setdefault("protocol", self.protocol)
-        return config
+        return config if keys is None else {k: v for k, v in config.items() if k in keys}
 
-    def setting_id(self) -> str:
-        blob = json.dumps(self.setting(), sort_keys=True, default=str).encode()
+    def setting_id(self, keys: set[str] | None = None) -> str:
+        blob = json.dumps(self.setting(keys), sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:8]
 
     def evals(self) -> list[dict]:
@@ -107,6 +107,13 @@ class RunRecord:
     def final_eval(self) -> dict | None:
         sessions = [s["eval"] for s in self.results.get("sessions") or [] if s.get("eval")]
         return sessions[-1] if sessions else None
+
+
+def _common_keys(runs: Sequence[RunRecord]) -> set[str]:
+    """Config keys every run records. A key only some runs have is an option added to clip-cl between them: it does
+    not separate rows (older runs ran with its then-only behaviour)."""
+    keys = [set(r.setting()) for r in runs]
+    return set.intersection(*keys) if keys else set()
 
 
 def find_runs(runs_dir: str | os.PathLike) -> list[RunRecord]:
@@ -221,11 +228,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
 
 
-def _setting_labels(runs: list[RunRecord]) -> dict[str, str]:
+def _setting_labels(runs: list[RunRecord], keys: set[str]) -> dict[str, str]:
     """When one method has several settings in one group, name each by the keys that differ (else by a hash)."""
     settings = {}
     for r in runs:
-        settings.setdefault(r.setting_id(), r.setting())
+        settings.setdefault(r.setting_id(keys), r.setting(keys))
     if len(settings) < 2:
         return {sid: "" for sid in settings}
     all_keys = set().union(*settings.values())
@@ -243,8 +250,9 @@ def _setting_labels(runs: list[RunRecord]) -> dict[str, str]:
 def _dedupe_original(runs: list[RunRecord]) -> list[RunRecord]:
     """Original CLIP never trains: runs with the same setting and seed under several variants are one run."""
     seen, out = set(), []
+    keys = _common_keys([r for r in runs if r.method == "original"])
     for r in runs:
-        key = (r.setting_id(), json.dumps(r.seed))
+        key = (r.setting_id(keys), json.dumps(r.seed))
         if r.method == "original":
             if key in seen:
                 continue
@@ -269,9 +277,10 @@ def group_runs(runs: Sequence[RunRecord]) -> dict[str, dict[str, list[Row]]]:
             rows = []
             for method in sorted({r.method for r in members}, key=_method_rank):
                 mruns = [r for r in members if r.method == method]
-                labels = _setting_labels(mruns)
+                keys = _common_keys(mruns)
+                labels = _setting_labels(mruns, keys)
                 for sid in sorted(labels):
-                    sruns = sorted([r for r in mruns if r.setting_id() == sid], key=lambda r: json.dumps(r.seed))
+                    sruns = sorted([r for r in mruns if r.setting_id(keys) == sid], key=lambda r: json.dumps(r.seed))
                     label = sruns[0].display + (f" ({labels[sid]})" if labels[sid] else "")
                     row = Row(method, label, sruns)
                     per_run = [run_metrics(r) for r in sruns]
@@ -340,6 +349,13 @@ def _colors(methods: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _markers(methods: Sequence[str]) -> dict[str, str]:
+    """One marker per trained method, so that overlapping curves stay distinguishable (and in grey print)."""
+    shapes = ["o", "s", "^", "v", "D", "P", "X", "h", "<", ">", "p", "*"]
+    trained = [m for m in sorted(set(methods), key=_method_rank) if m not in BOUNDS]
+    return {m: shapes[i % len(shapes)] for i, m in enumerate(trained)}
+
+
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -386,6 +402,7 @@ def draw_fig4(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
     by_variant = tables[protocol]
     variants = list(by_variant)
     colors = _colors([row.method for rows in by_variant.values() for row in rows])
+    markers = _markers([row.method for rows in by_variant.values() for row in rows])
     zs_names = sorted({n for rows in by_variant.values() for row in rows for r in row.runs
                        for e in r.evals() for n in (e.get("zero_shot") or {})})
     zs_label = f"ZS-Acc on {zs_names[0]} (%)" if len(zs_names) == 1 else "ZS-Acc, mean of zero-shot sets (%)"
@@ -406,8 +423,8 @@ def draw_fig4(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
                 elif row.method == "joint_ft":
                     style = dict(color=colors["joint_ft"], linestyle="-.", linewidth=1.6, marker=None)
                 else:
-                    style = dict(color=colors.get(row.method), linestyle="-", linewidth=1.8, marker="o",
-                                 markersize=4)
+                    style = dict(color=colors.get(row.method), linestyle="-", linewidth=1.8,
+                                 marker=markers.get(row.method, "o"), markersize=5)
                 label = row.label + (" (lower bound)" if row.method == "original" else
                                      " (upper bound)" if row.method == "joint_ft" else "")
                 (line,) = ax.plot(xs, means, label=label, **style)
@@ -430,12 +447,12 @@ def draw_fig4(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
     if any(len(r.runs) > 1 for rows in by_variant.values() for r in rows):
         legend_handles.append(Line2D([], [], color="0.6", linewidth=8, alpha=0.3))
         order.append("± 1 std over seeds")
-    fig.legend(legend_handles, order, loc="outside right upper", title="Method", frameon=False)
+    fig.legend(legend_handles, order, loc="outside right center", title="Method", frameon=False)
     title = "MST" if protocol == "mst" else "OST"
     fig.suptitle(f"Fig. 4 - UT-Acc and ZS-Acc after each session ({title})")
-    caption = (f"UT-Acc and ZS-Acc after each {title} session (session 0 = the starting model), one column per variant; "
-               "Original CLIP (dashed) and Joint-FT (dash-dot) are the lower and upper bounds of UT-Acc; lines are means "
-               "over seeds with ± 1 std shaded, and unfinished runs count up to their last session.")
+    caption = (f"UT-Acc and ZS-Acc after each {title} session (session 0 = the starting model), one column per "
+               "variant; Original CLIP (dashed) and Joint-FT (dash-dot) are the lower and upper bounds of UT-Acc; lines "
+               "are means over seeds with ± 1 std shaded, and unfinished runs count up to their last session.")
     return _save(fig, out_dir, FIGURE_FILES["fig4"]), caption
 
 
@@ -448,6 +465,7 @@ def draw_fig5(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
         return None
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.transforms import ScaledTranslation
 
     all_rows = [row for p in protocols for rows in tables[p].values() for row in rows]
     colors = _colors([row.method for row in all_rows])
@@ -458,9 +476,13 @@ def draw_fig5(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
     for i, name in enumerate(datasets):
         for j, protocol in enumerate(protocols):
             ax = axes[i][j]
-            starts = set()
+            starts, points, drawn = set(), [], set()
             for variant, rows in tables[protocol].items():
                 for row in rows:
+                    if row.method == "original":  # listed under every variant, drawn once
+                        if row.label in drawn:
+                            continue
+                        drawn.add(row.label)
                     finished = [r for r in row.runs if r.complete]  # unfinished runs stopped at other sessions
                     pts = [((r.final_eval() or {}).get("retrieval") or {}).get(name) for r in finished]
                     pts = [p for p in pts if p]
@@ -471,15 +493,29 @@ def draw_fig5(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
                     if not pts:
                         continue
                     tr, ir = Stat.of([p["tr@1"] for p in pts]), Stat.of([p["ir@1"] for p in pts])
-                    marker = "D" if row.method == "original" else markers.get(variant, "o")
-                    ax.errorbar(tr.mean, ir.mean, xerr=tr.std, yerr=ir.std, fmt=marker, markersize=8,
-                                color=colors.get(row.method), markeredgecolor="black", markeredgewidth=0.6,
-                                elinewidth=1, capsize=2, alpha=0.9, zorder=3)
+                    points.append((tr, ir, row.method, variant))
                     used_methods.setdefault(row.method, row.runs[0].display)
                     if row.method != "original":
                         used_variants.add(variant)
+            # Points that coincide (FT and Joint-FT in OST, identical runs) are spread sideways by a few pixels.
+            groups: dict[tuple, list[int]] = {}
+            for k, (tr, ir, _, _) in enumerate(points):
+                groups.setdefault((round(tr.mean, 2), round(ir.mean, 2)), []).append(k)
+            for members in groups.values():
+                for rank, k in enumerate(members):
+                    tr, ir, method, variant = points[k]
+                    dx = (rank - (len(members) - 1) / 2) * 7 / 72  # inches
+                    shift = ax.transData + ScaledTranslation(dx, 0, fig.dpi_scale_trans)
+                    marker = "D" if method == "original" else markers.get(variant, "o")
+                    ax.errorbar(tr.mean, ir.mean, xerr=tr.std, yerr=ir.std, fmt=marker, markersize=8,
+                                color=colors.get(method), markeredgecolor="black", markeredgewidth=0.6,
+                                elinewidth=1, capsize=2, zorder=3, transform=shift)
+            # shifted artists do not count for autoscaling: give the axes the points (with their error bars)
+            ax.update_datalim([(tr.mean + sx * (tr.std or 0), ir.mean + sy * (ir.std or 0))
+                               for tr, ir, _, _ in points for sx in (-1, 1) for sy in (-1, 1)])
+            ax.autoscale_view()
             for tr0, ir0 in starts:
-                ax.scatter([tr0], [ir0], marker="*", s=260, color="gold", edgecolor="black", linewidth=0.8, zorder=4)
+                ax.scatter([tr0], [ir0], marker="*", s=320, color="gold", edgecolor="black", linewidth=0.8, zorder=2)
             ax.set_xlabel("TR@1 (%)")
             ax.set_ylabel("IR@1 (%)")
             ax.set_title(f"{name} - {protocol.upper()}")
@@ -499,11 +535,11 @@ def draw_fig5(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
         labels.append("Original CLIP (any variant)")
     handles.append(Line2D([], [], linestyle="none", marker="*", markersize=15, color="gold", markeredgecolor="black"))
     labels.append("starting model")
-    fig.legend(handles, labels, loc="outside right upper", frameon=False, title="Colour: method\nShape: variant")
+    fig.legend(handles, labels, loc="outside right center", frameon=False, title="Colour: method\nShape: variant")
     fig.suptitle("Fig. 5 - image-text retrieval after the last session: TR@1 vs IR@1")
     caption = ("TR@1 against IR@1 after the last session, one panel per retrieval set (rows) and protocol (columns); "
-               "colour = method, marker = variant, gold star = the starting model; error bars = ± 1 std over seeds; "
-               "unfinished runs are left out.")
+               "colour = method, marker = variant, gold star = the starting model (drawn behind); error bars = ± 1 std "
+               "over seeds; points that coincide are spread sideways by a few pixels; unfinished runs are left out.")
     return _save(fig, out_dir, FIGURE_FILES["fig5"]), caption
 
 

@@ -364,8 +364,12 @@ def run_protocol(config: CLIPCLConfig) -> dict:
                                             dataset_name=train_name)
             args = _session_args(config, session_dir, t)
             set_seed(args.seed)
+            extra_kwargs = {}
+            if getattr(trainer_cls, "_accepts_distill_class_names", False):
+                # LwF-style methods distil the logits of every class seen so far (as CL-CLIP's code does in MST).
+                extra_kwargs["distill_class_names"] = [protocol.class_names[i] for i in seen_ids]
             trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, processing_class=processor,
-                                  class_names=names, class_ids=ids)
+                                  class_names=names, class_ids=ids, **extra_kwargs)
             last = last_complete_checkpoint(args.output_dir)
             if last:
                 logger.info("Resuming session %d from %s", t + 1, last)

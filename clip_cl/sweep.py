@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import os
 import shlex
 import subprocess
@@ -95,6 +94,7 @@ class SweepRun:
     note: str = ""
     seconds: float | None = None
     command: list[str] = field(default_factory=list)
+    settings: dict[str, Any] | None = field(default=None, repr=False)  # what the runner fingerprints
 
     @property
     def name(self) -> str:
@@ -259,7 +259,7 @@ def _write_config(path: Path, config: dict[str, Any]) -> None:
 def fingerprint_runs(runs: Sequence[SweepRun], log: Callable[[str], None] = print) -> None:
     """Parse each run's config as `clip-cl train` would and store its fingerprint (errors name the run)."""
     from .cli import ConfigError, parse_config
-    from .runner import config_fingerprint
+    from .runner import config_fingerprint, result_config
 
     warned = False
     with tempfile.TemporaryDirectory() as tmp:
@@ -283,6 +283,7 @@ def fingerprint_runs(runs: Sequence[SweepRun], log: Callable[[str], None] = prin
                     continue
                 raise SweepError(f"Run {run.name}: {err}") from None
             run.fingerprint = config_fingerprint(config)
+            run.settings = result_config(config)
 
 
 def plan_run(run: SweepRun) -> str:
@@ -294,8 +295,10 @@ def plan_run(run: SweepRun) -> str:
     if run_file.exists():
         previous = read_json(run_file)
         if run.fingerprint is not None and previous.get("fingerprint") != run.fingerprint:
-            run.note = (f"{folder} holds a run with different settings (fingerprint {previous.get('fingerprint')} vs "
-                        f"{run.fingerprint}); delete the folder to redo it, or change output_dir")
+            mine, theirs = run.settings or {}, previous.get("config") or {}
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            run.note = (f"{folder} holds a run with different settings ({', '.join(diff[:8]) or 'unknown'}); "
+                        "delete the folder to redo it, or change output_dir")
             return "conflict"
     if results_file.exists():
         try:
@@ -380,7 +383,8 @@ def run_sweep(sweep: dict[str, Any], *, launcher: str | None = None, dry_run: bo
         for i, (run, plan) in enumerate(zip(runs, plans), 1):
             run.status = {"skip": "skipped", "conflict": "failed"}.get(plan, "pending")
             run.note = run.note or {"skip": "complete", "resume": "would resume", "start": "would start"}[plan]
-            log(f"[{i}/{len(runs)}] {run.name:32s} {plan:8s} {shlex.join(run.command)}")
+            detail = run.note if plan == "conflict" else shlex.join(run.command)
+            log(f"[{i}/{len(runs)}] {run.name:32s} {plan:8s} {detail}")
         return runs
 
     total = len(runs)
@@ -399,7 +403,12 @@ def run_sweep(sweep: dict[str, Any], *, launcher: str | None = None, dry_run: bo
             (sweep_dir / "command.txt").write_text(shlex.join(run.command) + "\n", encoding="utf-8")
             log(f"[{i}/{total}] {run.name}: {'resuming' if plan == 'resume' else 'starting'} (log: {run.log_path})")
             start = time.perf_counter()
-            rc = launch(run, run.command)
+            try:
+                rc = launch(run, run.command)
+            except OSError as err:  # the launcher itself is missing (e.g. `accelerate` not installed)
+                run.status, run.note = "failed", f"could not start {run.command[0]!r}: {err}"
+                log(f"[{i}/{total}] {run.name}: FAILED ({run.note})")
+                continue
             run.seconds = round(time.perf_counter() - start, 1)
             if rc == 0 and _status_after(run):
                 run.status, run.note = "done", ""
@@ -424,7 +433,7 @@ def _write_summary(sweep: dict[str, Any], runs: Sequence[SweepRun]) -> None:
     from .io import atomic_write_json
 
     record = {k: v for k, v in sweep.items() if k != "base"}
-    record["runs"] = [{k: v for k, v in asdict(r).items() if k != "config"} | {"name": r.name,
+    record["runs"] = [{k: v for k, v in asdict(r).items() if k not in ("config", "settings")} | {"name": r.name,
                       "log": str(r.log_path)} for r in runs]
     atomic_write_json(Path(sweep["output_dir"]) / "sweep.json", record)
 
@@ -471,9 +480,10 @@ def sweep_main(argv: Sequence[str] | None = None) -> list[SweepRun]:
         raise SystemExit(130) from None
     if args.dry_run:
         notes = [r.note if r.status != "failed" else "conflict" for r in runs]
-        print(f"\nDry run, nothing written: {len(runs)} runs; " + ", ".join(
-            f"{notes.count(n)} {label}" for n, label in (("would start", "to start"), ("would resume", "to resume"),
-                                                          ("complete", "complete (skipped)"), ("conflict", "conflicts"))))
+        kinds = (("would start", "to start"), ("would resume", "to resume"), ("complete", "complete (skipped)"),
+                 ("conflict", "conflicts"))
+        print(f"\nDry run, nothing written: {len(runs)} runs; "
+              + ", ".join(f"{notes.count(n)} {label}" for n, label in kinds))
     else:
         print()
         print(summary_table(runs))

@@ -1,4 +1,5 @@
-"""`clip-cl report`: tables (mean ± std by hand), row order, incomplete runs, figures, on synthetic results.json files."""
+"""`clip-cl report` on synthetic results.json files: tables (mean ± std checked by hand), row order, incomplete runs,
+figures."""
 
 import json
 import subprocess
@@ -12,8 +13,8 @@ from clip_cl.report import find_runs, group_runs, report_main, write_report
 
 def _eval(seen, ut, zs, ret, per_session=None):
     return {"seen": seen,
-            "ut": {"acc": ut, "top5": 100.0, "per_session": per_session or [ut], "per_session_task": per_session or [ut],
-                   "num_classes_seen": 2 * seen, "num_images": 40},
+            "ut": {"acc": ut, "top5": 100.0, "per_session": per_session or [ut],
+                   "per_session_task": per_session or [ut], "num_classes_seen": 2 * seen, "num_images": 40},
             "zero_shot": {name: {"top1": v, "top5": 90.0, "num_images": 100} for name, v in zs.items()},
             "retrieval": {name: {"tr@1": tr, "tr@5": 50.0, "tr@10": 60.0, "ir@1": ir, "ir@5": 50.0, "ir@10": 60.0,
                                  "num_images": 60, "num_captions": 300} for name, (tr, ir) in ret.items()},
@@ -111,7 +112,8 @@ def test_mst_table_continual_metrics_and_incomplete_flag(runs_dir, tmp_path):
     assert "† incomplete: `mst/WM/lwf/seed2` (1 of 3 sessions)" in md
     assert "## MST: several sessions of disjoint classes (3 sessions)" in md
     # per-run section: fingerprint, status and the sweep command
-    assert "| `ost/WM/ft/seed1` | FT | WM | OST | 1 | 1/1 | complete | `fp-ft-1` | `python -m clip_cl.cli train 1` |" in md
+    assert ("| `ost/WM/ft/seed1` | FT | WM | OST | 1 | 1/1 | complete | `fp-ft-1` | "
+            "`python -m clip_cl.cli train 1` |") in md
     assert "| `mst/WM/lwf/seed2` | LwF | WM | MST | 2 | 1/3 | running |" in md
     assert "**BWT**" in md and "metrics.md" in md  # definitions
 
@@ -121,8 +123,11 @@ def test_group_runs_separates_settings(tmp_path):
     for seed, lr in ((0, 1e-4), (1, 1e-4), (0, 1e-5)):
         write_run(root / f"lr{lr}", "ft", "WM", "ost", seed, ut=[10.0, 20.0 + seed], zs=[{"c": 1.0}] * 2,
                   ret=[{"coco": (1.0, 1.0)}] * 2, config_extra={"learning_rate": lr})
+    # an option added to clip-cl later (present in one run's config only) does not split a row
+    write_run(root / "newer", "ft", "WM", "ost", 2, ut=[10.0, 22.0], zs=[{"c": 1.0}] * 2,
+              ret=[{"coco": (1.0, 1.0)}] * 2, config_extra={"learning_rate": 1e-4, "skip_corrupt_images": False})
     rows = group_runs(find_runs(root))["ost"]["WM"]
-    assert sorted((r.label, r.n) for r in rows) == [("FT (learning_rate=0.0001)", 2), ("FT (learning_rate=1e-05)", 1)]
+    assert sorted((r.label, r.n) for r in rows) == [("FT (learning_rate=0.0001)", 3), ("FT (learning_rate=1e-05)", 1)]
 
 
 def test_figures_written_and_embedded(runs_dir, tmp_path):

@@ -130,10 +130,14 @@ def test_real_subprocess_logs_and_exit_status(tmp_path, capsys):
     assert sorted(p for p in (tmp_path / "out").rglob("*")) == before
     out = capsys.readouterr().out
     assert "ost/WM/ft/seed0" in out and "1 to start, 0 to resume, 1 complete (skipped)" in out
+    # a launcher that does not exist fails that run, not the sweep
+    runs = run_sweep(load_sweep(path), launcher="/no/such/launcher", only=["*/lwf/*"], log=lambda s: None)
+    assert [(r.name, r.status) for r in runs] == [("ost/WM/lwf/seed0", "failed")] and "could not start" in runs[0].note
 
 
 @pytest.mark.parametrize("body, match", [
-    ("metods: [ft]\noutput_dir: x\n", r"Unknown key\(s\).*'metods' Did you mean 'methods'\?.*Valid keys:.*protocol_overrides"),
+    ("metods: [ft]\noutput_dir: x\n",
+     r"Unknown key\(s\).*'metods' Did you mean 'methods'\?.*Valid keys:.*protocol_overrides"),
     ("methods: [ft]\noutput_dir: x\nlearning_rate: 1.0e-5\n", r"'learning_rate'.*go under `overrides:`"),
     ("methods: [ftt]\noutput_dir: x\n", r"Unknown method 'ftt'.*Did you mean 'ft'"),
     ("methods: [ft]\noutput_dir: x\nvariants: [WN]\n", r"unknown variant 'WN'.*Did you mean 'WM'"),

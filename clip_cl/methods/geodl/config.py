@@ -26,8 +26,8 @@ class GeoDLConfig(CLIPCLConfig):
             Which features are distilled: `"auto"` follows the variant (image features for WM/IO, class-prompt features
             for WM/TO, as CL-CLIP), or `"image"`, `"text"`, `"both"`.
         geodl_form (`str`, defaults to `"distance"`):
-            `"distance"`: `mean_i (s_i - t_i)^T G (s_i - t_i)` (CL-CLIP's code); `"cosine"`: `mean_i 1 - sim_G(s_i, t_i)`
-            (the GeoDL paper).
+            `"distance"`: `mean_i (s_i - t_i)^T G (s_i - t_i)` (CL-CLIP's code);
+            `"cosine"`: `mean_i 1 - sim_G(s_i, t_i)` (the GeoDL paper).
 
     Parameters that control the subspaces:
         geodl_subspace_dim (`int`, *optional*):

@@ -94,7 +94,7 @@ class VRLwFTrainer(LwFTrainer):
         return torch.Generator().manual_seed(seed)
 
     def sample_pseudo_tokens(self, num: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """`num` pseudo-class token sequences `[bos, w_1..w_L, eos]` (on CPU), see [`clip_cl.losses.sample_pseudo_tokens`]."""
+        """`num` pseudo-class token sequences `[bos, w_1..w_L, eos]` on CPU ([`clip_cl.losses.sample_pseudo_tokens`])."""
         return sample_pseudo_tokens(num, self.args.vr_pseudo_length, self._vocab_size, self._bos_id, self._eos_id,
                                     exclude_ids=self._special_ids, generator=generator)
 
