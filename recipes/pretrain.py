@@ -7,7 +7,13 @@ Every field of `clip_cl.pretrain.PretrainConfig` can be set in the YAML file or 
 (`--max_steps 200`); `--help` lists them. Same as `clip-cl pretrain`. See docs/pretraining.md.
 """
 
-from clip_cl.pretrain import main
+import os
+
+# On a shared CPU, OpenMP threads that spin while waiting for a busy core make every step several times slower;
+# passive waiting keeps 2 threads efficient under contention (set OMP_WAIT_POLICY yourself to override).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from clip_cl.pretrain import main  # noqa: E402  (after the environment variable: OpenMP reads it at start-up)
 
 if __name__ == "__main__":
     main()

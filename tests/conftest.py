@@ -1,3 +1,4 @@
+import copy
 import os
 from pathlib import Path
 
@@ -33,11 +34,18 @@ class RandomImages(torch.utils.data.Dataset):
         return {"pixel_values": self.pixels[i], "labels": self.labels[i]}
 
 
-@pytest.fixture
-def tiny():
+@pytest.fixture(scope="session")
+def pristine_tiny():
     from clip_cl.models import tiny_clip
 
     return tiny_clip(seed=0)
+
+
+@pytest.fixture
+def tiny(pristine_tiny):
+    """A fresh copy of the tiny CLIP per test (building it, with its 49k-token embedding, is the slow part)."""
+    model, processor = pristine_tiny
+    return copy.deepcopy(model), processor
 
 
 @pytest.fixture

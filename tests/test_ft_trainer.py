@@ -5,6 +5,7 @@ import torch
 
 from clip_cl import CLIPCLConfig, CLIPFineTuneTrainer
 from clip_cl.variants import tower_of
+from helpers import collate, snapshot
 
 
 def make_args(tmp_path, **kw):
@@ -13,15 +14,6 @@ def make_args(tmp_path, **kw):
                 logging_steps=1)
     base.update(kw)
     return CLIPCLConfig(**base)
-
-
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
-
-
-def collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
 
 
 @pytest.mark.parametrize("variant", ["WM", "IO", "TO"])

@@ -8,6 +8,7 @@ from clip_cl.features import image_features
 from clip_cl.losses import geodesic_distillation_loss
 from clip_cl.prompts import class_text_features
 from clip_cl.variants import tower_of
+from helpers import collate
 
 TEMPLATE = ["this is a photo of {} in the scene ."]
 NAMES = ["a", "b", "c", "d"]
@@ -19,11 +20,6 @@ def make_args(tmp_path, **kw):
                 logging_steps=1)
     base.update(kw)
     return GeoDLConfig(**base)
-
-
-def collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
 
 
 def make_trainer(tmp_path, tiny, random_images, n=8, teacher_model=None, **kw):

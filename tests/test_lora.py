@@ -1,4 +1,3 @@
-import copy
 import math
 import sys
 
@@ -13,19 +12,7 @@ from clip_cl.methods import get_method  # noqa: E402
 from clip_cl.methods.lora import inject_lora, merge_and_unload_lora  # noqa: E402
 from clip_cl.methods.lora.trainer import lora_layers  # noqa: E402
 from clip_cl.variants import tower_of  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def pristine():
-    from clip_cl.models import tiny_clip
-
-    return tiny_clip(seed=0)
-
-
-@pytest.fixture
-def tiny(pristine):
-    model, processor = pristine
-    return copy.deepcopy(model), processor
+from helpers import collate
 
 
 def make_args(tmp_path, **kw):
@@ -33,11 +20,6 @@ def make_args(tmp_path, **kw):
                 save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, logging_steps=1)
     base.update(kw)
     return LoRAConfig(**base)
-
-
-def collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
 
 
 def features(model, tokenizer, seed=0):

@@ -8,6 +8,7 @@ from clip_cl import LwFConfig, LwFTrainer, get_method, tiny_clip
 from clip_cl.features import image_features
 from clip_cl.prompts import class_text_features
 from clip_cl.variants import tower_of
+from helpers import collate, snapshot
 
 TEMPLATE = ["this is a photo of {} in the scene ."]
 
@@ -20,17 +21,8 @@ def make_args(tmp_path, **kw):
     return LwFConfig(**base)
 
 
-def collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
-
-
 def batch_of(dataset, n):
     return collate([dataset[i] for i in range(n)])
-
-
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
 def kl_numpy(student, teacher):

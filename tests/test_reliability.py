@@ -1,14 +1,12 @@
 """Faults that must not cost a user their results: NaN loss, disk full while saving, corrupt images."""
 
 import errno
-import io
 import json
 from pathlib import Path
 from unittest import mock
 
 import datasets
 import pytest
-from PIL import Image
 
 from clip_cl.cli import train_main
 from clip_cl.methods.base.trainer import CLIPCLTrainer

@@ -12,20 +12,7 @@ from clip_cl.tuners import TUNERS, get_tuner
 from clip_cl.tuners.rkr import (RKRLinear, RKRTunerConfig, inject_rkr, load_rkr_state_dict, merge_rkr, rkr_layers,
                                 rkr_state_dict, unload_rkr, unmerge_rkr)
 from clip_cl.variants import tower_of
-
-
-@pytest.fixture(scope="module")
-def pristine():
-    from clip_cl.models import tiny_clip
-
-    return tiny_clip(seed=0)
-
-
-@pytest.fixture
-def tiny(pristine):
-    # a fresh copy per test: building the tiny model (random 49k-token embedding) is the slow part of these tests
-    model, processor = pristine
-    return copy.deepcopy(model), processor
+from helpers import collate
 
 
 def make_args(tmp_path, **kw):
@@ -33,11 +20,6 @@ def make_args(tmp_path, **kw):
                 save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, logging_steps=1)
     base.update(kw)
     return RKRConfig(**base)
-
-
-def collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
 
 
 def features(model, tokenizer, seed=0):
@@ -146,7 +128,7 @@ def test_unload_without_merge_restores_base(tiny):
     assert not rkr_layers(model) and torch.equal(img, img2) and torch.equal(txt, txt2)
 
 
-def test_state_dict_roundtrip_with_safetensors(tiny, pristine, tmp_path):
+def test_state_dict_roundtrip_with_safetensors(tiny, pristine_tiny, tmp_path):
     from safetensors.torch import load_file, save_file
 
     model, processor = tiny
@@ -158,7 +140,7 @@ def test_state_dict_roundtrip_with_safetensors(tiny, pristine, tmp_path):
     save_file(sd, str(tmp_path / "rkr.safetensors"))
     img, txt = features(model, processor.tokenizer)
 
-    other = copy.deepcopy(pristine[0])
+    other = copy.deepcopy(pristine_tiny[0])
     inject_rkr(other, RKRTunerConfig(towers=("image",)))
     loaded = load_rkr_state_dict(other, load_file(str(tmp_path / "rkr.safetensors")))
     assert sorted(loaded) == sorted(sd)
@@ -232,14 +214,14 @@ def test_training_moves_only_rectifiers_then_merges(tmp_path, tiny, random_image
     assert not rkr_layers(model) and list(model.state_dict()) == keys
 
 
-def test_resume_inside_a_session(tmp_path, pristine, random_images):
+def test_resume_inside_a_session(tmp_path, pristine_tiny, random_images):
     """A Trainer checkpoint holds base weights + rectifiers; a resumed trainer re-injects, loads and finishes."""
 
     def trainer_for(**kw):
-        model = copy.deepcopy(pristine[0])
+        model = copy.deepcopy(pristine_tiny[0])
         args = make_args(tmp_path, output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, **kw)
         return RKRTrainer(model=model, args=args, train_dataset=random_images(8, [0, 1]),
-                          processing_class=pristine[1], class_names=["a", "b"], data_collator=collate), model
+                          processing_class=pristine_tiny[1], class_names=["a", "b"], data_collator=collate), model
 
     trainer, full = trainer_for(save_strategy="steps", save_steps=1, save_total_limit=None)
     trainer.train()  # two steps, a checkpoint after each

@@ -8,6 +8,7 @@ from clip_cl import VRLwFConfig, VRLwFTrainer, get_method, tiny_clip
 from clip_cl.features import image_features, text_features
 from clip_cl.prompts import class_text_features
 from clip_cl.variants import tower_of
+from helpers import collate
 
 TEMPLATE = ["this is a photo of {} in the scene ."]
 SPECIAL = [49406, 49407]
@@ -19,11 +20,6 @@ def make_args(tmp_path, **kw):
                 logging_steps=1, vr_num_pseudo_classes=16)
     base.update(kw)
     return VRLwFConfig(**base)
-
-
-def collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
 
 
 def batch_of(dataset, n):

@@ -1,4 +1,3 @@
-import copy
 import math
 
 import pytest
@@ -7,19 +6,7 @@ import torch
 from clip_cl import WiSEFTConfig, WiSEFTTrainer
 from clip_cl.methods import get_method
 from clip_cl.variants import tower_of
-
-
-@pytest.fixture(scope="module")
-def pristine():
-    from clip_cl.models import tiny_clip
-
-    return tiny_clip(seed=0)
-
-
-@pytest.fixture
-def tiny(pristine):
-    model, processor = pristine
-    return copy.deepcopy(model), processor
+from helpers import collate, snapshot
 
 
 def make_args(tmp_path, **kw):
@@ -28,15 +15,6 @@ def make_args(tmp_path, **kw):
                 logging_steps=1)
     base.update(kw)
     return WiSEFTConfig(**base)
-
-
-def collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
-
-
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
 def make_trainer(tmp_path, tiny, random_images, **kw):

@@ -13,22 +13,10 @@ from clip_cl.methods import get_method
 from clip_cl.losses import kd_kl_loss
 from clip_cl.methods.zscl import l2_to_reference
 from clip_cl.variants import tower_of
+from helpers import collate, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COCO = os.path.join(ROOT, "examples", "data", "coco_captions")
-
-
-@pytest.fixture(scope="module")
-def pristine():
-    from clip_cl.models import tiny_clip
-
-    return tiny_clip(seed=0)
-
-
-@pytest.fixture
-def tiny(pristine):
-    model, processor = pristine
-    return copy.deepcopy(model), processor
 
 
 def make_args(tmp_path, **kw):
@@ -37,15 +25,6 @@ def make_args(tmp_path, **kw):
                 logging_steps=1, zscl_teacher="previous")
     base.update(kw)
     return ZSCLConfig(**base)
-
-
-def collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
-
-
-def snapshot(model):
-    return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
 def make_trainer(tmp_path, tiny, random_images, n=8, reference=True, **kw):
@@ -176,13 +155,13 @@ def test_distillation_pulls_toward_the_teacher(tmp_path, tiny, random_images):
     assert terms["zscl_image"].item() > 0 and terms["zscl_text"].item() > 0
 
 
-def test_initial_teacher_is_the_zero_shot_model(tmp_path, tiny, random_images, pristine):
+def test_initial_teacher_is_the_zero_shot_model(tmp_path, tiny, random_images, pristine_tiny):
     model = tiny[0]
     with torch.no_grad():  # as after session 1
         for p in model.parameters():
             p.add_(0.01)
     initial = make_trainer(tmp_path, tiny, random_images, zscl_teacher="initial")
-    assert all(torch.equal(a, b) for a, b in zip(initial.teacher.parameters(), pristine[0].parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(initial.teacher.parameters(), pristine_tiny[0].parameters()))
     previous = make_trainer(tmp_path, tiny, random_images, zscl_teacher="previous")
     assert all(torch.equal(a, b) for a, b in zip(previous.teacher.parameters(), model.parameters()))
 
@@ -290,15 +269,15 @@ def test_frozen_tower_identical_after_training_and_ensemble(tmp_path, tiny, rand
     assert any(not torch.equal(p, start[n]) for n, p in model.named_parameters() if tower_of(n) not in (frozen, None))
 
 
-def test_weight_ensemble_survives_resume(tmp_path, tiny, random_images, pristine):
+def test_weight_ensemble_survives_resume(tmp_path, tiny, random_images, pristine_tiny):
     kw = dict(n=16, reference=False, gradient_accumulation_steps=1, max_steps=4, zscl_wa_every=1,
               save_strategy="steps", save_steps=2, save_total_limit=None)
     full = make_trainer(tmp_path / "a", tiny, random_images, **kw)
     full.train()
     ckpt = tmp_path / "a" / "out" / "checkpoint-2"
     assert (ckpt / "zscl_weight_ensemble.safetensors").is_file()
-    resumed_model = copy.deepcopy(pristine[0])
-    resumed = make_trainer(tmp_path / "b", (resumed_model, pristine[1]), random_images, **kw)
+    resumed_model = copy.deepcopy(pristine_tiny[0])
+    resumed = make_trainer(tmp_path / "b", (resumed_model, pristine_tiny[1]), random_images, **kw)
     resumed.train(resume_from_checkpoint=str(ckpt))
     assert resumed.weight_ensemble_count == full.weight_ensemble_count == 5
     for (n, a), b in zip(full.model.named_parameters(), resumed_model.parameters()):

@@ -16,7 +16,7 @@ __all__ = ["PretrainConfig", "WORLD_CLIP_CONFIG", "CAPTION_TEMPLATES", "ZERO_SHO
 # The architecture of the embedded `examples/models/world-clip`, as overrides of `clip_cl.models.TINY_CLIP_CONFIG`
 # (which keeps the real 49,408-token CLIP vocabulary). See docs/pretraining.md for why this size.
 WORLD_CLIP_CONFIG: dict[str, Any] = {
-    "vision_config": {"image_size": 32, "patch_size": 4, "hidden_size": 192, "intermediate_size": 768,
+    "vision_config": {"image_size": 32, "patch_size": 8, "hidden_size": 192, "intermediate_size": 768,
                       "num_hidden_layers": 4, "num_attention_heads": 4},
     "text_config": {"hidden_size": 96, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4},
     "projection_dim": 128,
@@ -35,9 +35,9 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 ZERO_SHOT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {}.", "a blurry photo of a {}.", "a photo of the {}.", "itap of a {}.", "this is a photo of {} .",
 )
-# World part -> repeats per epoch: the 880 captioned images are upweighted so that they make ~11% of the batches.
-DEFAULT_TRAIN_PARTS: dict[str, int] = {"cifar10_train": 1, "tiny_imagenet_train": 2, "pascal_train": 10,
-                                       "coco_train": 10}
+# World part -> repeats per epoch: the 880 captioned images are upweighted so that they make ~16% of the pairs.
+DEFAULT_TRAIN_PARTS: dict[str, int] = {"cifar10_train": 1, "tiny_imagenet_train": 2, "pascal_train": 15,
+                                       "coco_train": 15}
 
 
 def _maybe_json(value: Any, name: str) -> Any:
@@ -145,11 +145,11 @@ class PretrainConfig(TrainingArguments):
 
     # ---- TrainingArguments defaults changed for pretraining from scratch
     output_dir: str | None = field(default="runs/pretrain", metadata={"help": "Run folder."})
-    max_steps: int = field(default=2000, metadata={"help": "Optimizer steps of the run."})
+    max_steps: int = field(default=700, metadata={"help": "Optimizer steps of the run."})
     per_device_train_batch_size: int = field(default=128, metadata={
         "help": "Pairs per batch (also the contrastive batch: each image is scored against the batch's texts)."})
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "Evaluation batch size."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak AdamW learning rate."})
     weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (tensors of rank >= 2 only)."})
     adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2 (CLIP: 0.98)."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps, or a fraction of max_steps if < 1."})

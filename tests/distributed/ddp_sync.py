@@ -12,7 +12,7 @@ import torch.distributed as dist
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0] + "/tests")
 from conftest import RandomImages  # noqa: E402
 
-from clip_cl import CLIPFineTuneTrainer, FTConfig, tiny_clip  # noqa: E402
+from clip_cl import tiny_clip  # noqa: E402
 
 
 def collate(rows):
