@@ -19,11 +19,14 @@ Trainer checkpoint.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -171,10 +174,13 @@ def _prepare_folder(out: Path, config: CLIPCLConfig, state: PartialState) -> Non
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         if run_file.exists():
             previous = read_json(run_file)
-            if previous.get("fingerprint") != config_fingerprint(config):
-                mine = result_config(config)
-                theirs = previous.get("config", {})
-                diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            mine, theirs = result_config(config), previous.get("config", {})
+            defaults = _field_defaults(type(config))
+            # A setting added to clip-cl after the run started is absent from its run.json: at its default value it
+            # cannot have changed the run, so it does not block resuming.
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)
+                          and not (k not in theirs and _jsonable(defaults.get(k, object())) == mine.get(k)))
+            if diff:
                 raise RunFolderError(
                     f"{out} holds a different run (differing settings: {', '.join(diff[:12]) or 'unknown'}). "
                     "Use another output_dir, or pass --overwrite_run to delete it and start over.")
@@ -183,8 +189,20 @@ def _prepare_folder(out: Path, config: CLIPCLConfig, state: PartialState) -> Non
                 f"{out} is not empty and holds no clip-cl run.json. Use another output_dir, or pass --overwrite_run "
                 "to delete its content.")
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_file, {"fingerprint": config_fingerprint(config), "config": result_config(config)})
+        record = {"fingerprint": config_fingerprint(config), "config": result_config(config),
+                  "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])}
+        atomic_write_json(run_file, record)
     state.wait_for_everyone()
+
+
+def _field_defaults(config_cls) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(config_cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
 
 
 def _session_args(config: CLIPCLConfig, session_dir: Path, session: int) -> CLIPCLConfig:

@@ -68,7 +68,8 @@ def clip_contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
     if image_embeds.shape != text_embeds.shape or image_embeds.dim() != 2:
         raise ValueError(f"image_embeds and text_embeds must both be [B, D], got {tuple(image_embeds.shape)} and "
                          f"{tuple(text_embeds.shape)}.")
-    logits = logit_scale * image_embeds.float() @ text_embeds.float().T
+    dtype = torch.promote_types(image_embeds.dtype, torch.float32)  # half-precision features are scored in float32
+    logits = logit_scale * image_embeds.to(dtype) @ text_embeds.to(dtype).T
     if positive_groups is None:
         targets = torch.arange(len(logits), device=logits.device)
         return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2

@@ -1,0 +1,276 @@
+"""Shared pieces of the clip-cl benchmarks: models, a fixed in-memory batch, trainers built the same way for every
+method, and a timer that runs cases round-robin and reports medians of per-round ratios.
+
+Nothing here needs `datasets` (the device machine has none): batches are in-memory tensors and every trainer gets
+an explicit `data_collator`.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+# ViT-B/32 shapes (openai/clip-vit-base-patch32), randomly initialised: the timing of a step does not depend on the
+# weights' values, only on the shapes.
+VITB32 = {
+    "vision_config": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                      "intermediate_size": 3072, "image_size": 224, "patch_size": 32},
+    "text_config": {"hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8,
+                    "intermediate_size": 2048},
+    "projection_dim": 512,
+}
+MODELS = {"tiny": {}, "vitb32": VITB32}
+
+# A session of 10 classes (Fashion-MNIST's), the paper's training template.
+CLASS_NAMES = ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+               "ankle boot"]
+
+
+def build_model(name: str, seed: int = 0):
+    """`(model, processor)`: the tiny test CLIP or a ViT-B/32-shaped random CLIP (both with the real tokenizer)."""
+    from clip_cl.models import tiny_clip
+
+    return tiny_clip(seed=seed, **copy.deepcopy(MODELS[name]))
+
+
+def image_size(model) -> int:
+    return int(model.config.vision_config.image_size)
+
+
+def fixed_batch(model, batch_size: int, device, num_classes: int = len(CLASS_NAMES), seed: int = 0,
+                dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """One in-memory batch `{"pixel_values", "labels"}` on `device` (labels cycle over the classes)."""
+    g = torch.Generator().manual_seed(seed)
+    size = image_size(model)
+    pixels = torch.randn(batch_size, 3, size, size, generator=g).to(device=device, dtype=dtype)
+    labels = torch.arange(batch_size) % num_classes
+    return {"pixel_values": pixels, "labels": labels.to(device)}
+
+
+def collate(rows):
+    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+            "labels": torch.tensor([int(r["labels"]) for r in rows], dtype=torch.long)}
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def machine_info(device) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import transformers
+
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": str(device)}
+    try:
+        info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update({"gpu": torch.cuda.get_device_name(device), "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+                     "cuda": torch.version.cuda})
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------- timing
+@dataclass
+class Timings:
+    """Seconds per call of every case, one entry per round (all cases ran once per round, interleaved)."""
+
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.seconds[name])
+
+    def ratio(self, num: str | Sequence[str], den: str | Sequence[str]) -> float:
+        """Median over rounds of `sum(num) / sum(den)` measured in the same round."""
+        num = [num] if isinstance(num, str) else list(num)
+        den = [den] if isinstance(den, str) else list(den)
+        rounds = len(self.seconds[num[0]])
+        values = [sum(self.seconds[n][r] for n in num) / sum(self.seconds[d][r] for d in den) for r in range(rounds)]
+        return statistics.median(values)
+
+    def spread(self, name: str) -> float:
+        """(max - min) / median of a case's rounds: how noisy the machine was."""
+        v = self.seconds[name]
+        return (max(v) - min(v)) / statistics.median(v)
+
+
+def run_interleaved(cases: dict[str, Callable[[], Any]], rounds: int, warmup: int, device, inner: int = 1,
+                    log: Callable[[str], None] | None = print) -> Timings:
+    """Run every case `warmup` times, then `rounds` rounds in which every case runs `inner` times back to back
+    (timed together, per-call mean recorded). The order inside a round rotates, so no case always follows the same
+    one; slow drifts of a shared machine hit every case of a round alike, which is what per-round ratios cancel."""
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    sync(device)
+    out = Timings({n: [] for n in names})
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                cases[name]()
+            sync(device)
+            out.seconds[name].append((time.perf_counter() - t0) / inner)
+        if log:
+            log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {1000 * out.seconds[n][-1]:.0f} ms" for n in names))
+    return out
+
+
+def free_memory(device) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------------------- trainers
+def base_args(device, batch_size: int, precision: str, output_dir: str | None = None) -> dict[str, Any]:
+    """TrainingArguments shared by every method of a benchmark (the methods' own defaults otherwise)."""
+    cuda = torch.device(device).type == "cuda"
+    return {"output_dir": output_dir or tempfile.mkdtemp(prefix="clip_cl_bench_"),
+            "per_device_train_batch_size": batch_size, "use_cpu": not cuda,
+            "bf16": cuda and precision == "bf16", "report_to": "none", "save_strategy": "no",
+            "disable_tqdm": True, "logging_steps": 10_000, "seed": 0, "learning_rate": 1e-6,
+            "dataloader_pin_memory": False}
+
+
+def method_specs() -> dict[str, tuple[Any, Any, dict[str, Any]]]:
+    """name -> (config class, trainer class, config overrides) of every method benchmarked."""
+    from clip_cl.methods.ft import CLIPFineTuneTrainer, FTConfig
+    from clip_cl.methods.geodl import GeoDLConfig, GeoDLTrainer
+    from clip_cl.methods.imm import IMMConfig, IMMTrainer
+    from clip_cl.methods.lwf import LwFConfig, LwFTrainer
+    from clip_cl.methods.rkr import RKRConfig, RKRTrainer
+    from clip_cl.methods.vr_lwf import VRLwFConfig, VRLwFTrainer
+    from clip_cl.methods.wise_ft import WiSEFTConfig, WiSEFTTrainer
+    from clip_cl.methods.zscl import ZSCLConfig, ZSCLTrainer
+
+    specs = {
+        "ft": (FTConfig, CLIPFineTuneTrainer, {}),
+        "lwf": (LwFConfig, LwFTrainer, {}),
+        "vr_lwf": (VRLwFConfig, VRLwFTrainer, {}),
+        "vr_lwf_pool": (VRLwFConfig, VRLwFTrainer, {"vr_pool_size": None}),  # size set by the caller
+        "geodl": (GeoDLConfig, GeoDLTrainer, {}),
+        "zscl": (ZSCLConfig, ZSCLTrainer, {}),
+        "imm": (IMMConfig, IMMTrainer, {}),
+        "wise_ft": (WiSEFTConfig, WiSEFTTrainer, {}),
+        "rkr": (RKRConfig, RKRTrainer, {}),
+    }
+    try:
+        from clip_cl.methods.lora import LoRAConfig, LoRATrainer
+        from clip_cl.methods.lora.config import require_peft
+
+        require_peft()
+        specs["lora"] = (LoRAConfig, LoRATrainer, {})
+    except Exception:  # peft missing: LoRA is optional
+        pass
+    return specs
+
+
+# Methods that change the model's modules (adapters): they get their own copy of the model.
+OWN_MODEL = {"rkr", "lora"}
+TEACHER_METHODS = {"lwf", "vr_lwf", "vr_lwf_pool", "geodl", "zscl", "naive_lwf", "naive_vr_lwf"}
+
+
+def make_trainer(config_cls, trainer_cls, model, processor, args: dict[str, Any], teacher=None, **trainer_kwargs):
+    config = config_cls(**args)
+    kwargs = {"teacher_model": teacher} if teacher is not None else {}
+    return trainer_cls(model=model, args=config, processing_class=processor, class_names=CLASS_NAMES,
+                       data_collator=collate, **kwargs, **trainer_kwargs)
+
+
+class StepRunner:
+    """One optimisation step through a trainer's real path: `training_step` (forward, loss, backward under the
+    trainer's accelerator), gradient clipping, `optimizer.step()`, `zero_grad` -- the same for every method.
+
+    Trainers that share a model object also share one optimizer (the same parameters, so the same optimizer work).
+    The model is prepared once by accelerate (mixed-precision autocast on GPU), as `Trainer.train` does.
+    """
+
+    _prepared: dict[int, torch.nn.Module] = {}
+    _optimizers: dict[int, torch.optim.Optimizer] = {}
+
+    def __init__(self, trainer, batch: dict[str, torch.Tensor]):
+        self.trainer = trainer
+        self.batch = batch
+        key = id(trainer.model)
+        if key not in StepRunner._prepared:
+            StepRunner._prepared[key] = trainer.accelerator.prepare_model(trainer.model)
+            StepRunner._optimizers[key] = trainer.create_optimizer()
+        else:
+            trainer.optimizer = StepRunner._optimizers[key]
+        self.model = StepRunner._prepared[key]
+        self.optimizer = StepRunner._optimizers[key]
+        self.params = [p for p in trainer.model.parameters() if p.requires_grad]
+        # Set by Trainer.train() for every step; one micro-batch per step here.
+        trainer.current_gradient_accumulation_steps = 1
+
+    @classmethod
+    def reset(cls) -> None:
+        cls._prepared.clear()
+        cls._optimizers.clear()
+
+    def __call__(self) -> None:
+        tr = self.trainer
+        tr.training_step(self.model, self.batch)
+        if tr.args.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, tr.args.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- output
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def fmt_ms(x: float | None) -> str:
+    return "-" if x is None else (f"{1000 * x:.0f}" if x >= 0.1 else f"{1000 * x:.1f}")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: str | os.PathLike | None, payload: dict) -> None:
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1, default=str)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
