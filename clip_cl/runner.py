@@ -4,7 +4,7 @@ Layout of a run folder (`output_dir`):
 
 ```
 run.json                 the configuration and its fingerprint (a different run is refused in the same folder)
-results.json             everything measured so far (schema in docs/results.md), rewritten atomically
+results.json             everything measured so far (schema in docs/run_folder.md), rewritten atomically
 results.md               the before/after table
 session_1/model/         safetensors checkpoint + processor after session 1 (written atomically)
 session_1/trainer/       Trainer checkpoints while session 1 runs (for resuming; removed when it ends) and logs
@@ -307,7 +307,7 @@ def run_protocol(config: CLIPCLConfig) -> dict:
         config ([`CLIPCLConfig`]): the method's config (its class decides the method through the registry).
 
     Returns:
-        `dict`: the results (schema in `docs/results.md`).
+        `dict`: the results (schema in `docs/run_folder.md`).
     """
     state = PartialState()
     spec = get_method(config.method_name)
