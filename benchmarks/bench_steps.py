@@ -35,9 +35,10 @@ DEFAULT_METHODS = ["ft", "lwf", "vr_lwf", "vr_lwf_pool", "geodl", "zscl", "imm",
 
 def build_cases(model_name: str, device, precision: str, methods: list[str], pool_size: int, batch_sizes):
     """Trainers for every method (sharing one student and one teacher where they can) and the floor pieces."""
-    from naive import FloorPseudoTrainer, NaiveLwFTrainer, NaiveVRLwFTrainer
+    from naive import FloorPseudoTrainer, GeoDLHostTrainer, NaiveLwFTrainer, NaiveVRLwFTrainer
 
     from clip_cl.features import text_features
+    from clip_cl.methods.geodl import GeoDLConfig
     from clip_cl.methods.lwf import LwFConfig
     from clip_cl.methods.vr_lwf import VRLwFConfig
 
@@ -47,6 +48,7 @@ def build_cases(model_name: str, device, precision: str, methods: list[str], poo
     specs = method_specs()
     specs["naive_lwf"] = (LwFConfig, NaiveLwFTrainer, {})
     specs["naive_vr_lwf"] = (VRLwFConfig, NaiveVRLwFTrainer, {})
+    specs["geodl_host"] = (GeoDLConfig, GeoDLHostTrainer, {})
     methods = [m for m in methods if m in specs]
     if "ft" not in methods:
         methods.insert(0, "ft")
@@ -115,7 +117,7 @@ def summarise(t) -> dict:
     rows = {}
     for name in s:
         row = {"median_s": t.median(name), "spread": t.spread(name), "vs_ft": t.ratio(name, "ft")}
-        if has_teacher and name in ("lwf", "geodl", "zscl", "naive_lwf"):
+        if has_teacher and name in ("lwf", "geodl", "geodl_host", "zscl", "naive_lwf"):
             row["floor_parts"] = ["ft", "teacher_fwd"]
         if has_teacher and name in ("vr_lwf", "vr_lwf_pool", "naive_vr_lwf"):
             row["floor_parts"] = ["floor_pseudo", "teacher_fwd"]

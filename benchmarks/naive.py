@@ -17,6 +17,7 @@ import torch
 from clip_cl.features import text_features
 from clip_cl.losses import kd_kl_loss
 from clip_cl.methods.ft import CLIPFineTuneTrainer
+from clip_cl.methods.geodl import GeoDLTrainer
 from clip_cl.methods.lwf import LwFTrainer
 from clip_cl.methods.vr_lwf import VRLwFTrainer
 
@@ -94,3 +95,12 @@ class FloorPseudoTrainer(CLIPFineTuneTrainer):
             g = torch.Generator().manual_seed(1)
             self._targets = torch.randn(logits.shape, generator=g).to(logits.device)
         return {"vr": 0.5 * kd_kl_loss(logits, self._targets)}
+
+
+class GeoDLHostTrainer(GeoDLTrainer):
+    """Variant (GPU only): GeoDL's loss, SVDs included, computed on the host in float64 instead of on the GPU."""
+
+    def _geodl(self, student, teacher):
+        if student.device.type == "cpu":
+            return super()._geodl(student, teacher)
+        return super()._geodl(student.float().cpu(), teacher.float().cpu()).to(student.device)

@@ -188,6 +188,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("clip_cl.cli", "train_main", "run a method over an OST/MST protocol from a YAML config"),
     "eval": ("clip_cl.cli", "eval_main", "evaluate a model on a config's datasets, without training"),
     "methods": ("clip_cl.cli", "methods_main", "list the registered methods"),
+    "pretrain": ("clip_cl.pretrain", "main", "pretrain a small CLIP from scratch on image-text data"),
     "sweep": ("clip_cl.sweep", "sweep_main", "run methods x variants x protocols x seeds from a sweep YAML (resumable)"),
     "report": ("clip_cl.report", "report_main", "paper-style tables and Fig. 4 / Fig. 5 from a folder of runs"),
 }

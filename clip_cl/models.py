@@ -117,7 +117,8 @@ def load_clip(
             `save_pretrained`, or `"tiny-random"`.
         local_files_only (`bool`, defaults to `False`): never touch the network (as `from_pretrained`).
         revision (`str`, *optional*): Hub revision (branch, tag or commit).
-        dtype (`torch.dtype` or `str`, *optional*): dtype to load the weights in.
+        dtype (`torch.dtype` or `str`, *optional*): dtype to load the weights in (default float32, whatever the
+            checkpoint's storage dtype).
         trust_remote_code (`bool`, defaults to `False`): passed to `from_pretrained`; off by default for safety.
 
     Returns:
@@ -136,7 +137,9 @@ def load_clip(
     kwargs: dict[str, Any] = {"local_files_only": local_files_only, "revision": revision,
                               "trust_remote_code": trust_remote_code}
     try:
-        model = CLIPModel.from_pretrained(name, dtype=dtype, use_safetensors=True, **kwargs)
+        # float32 unless asked otherwise: a checkpoint stored in half precision (like examples/models/world-clip)
+        # must not silently train in fp16; mixed precision comes from the Trainer's bf16/fp16 flags instead.
+        model = CLIPModel.from_pretrained(name, dtype=dtype or torch.float32, use_safetensors=True, **kwargs)
     except OSError as err:
         raise OSError(
             f"Could not load a CLIP model from {name!r}: {err}\nIf this is a Hub id, check the spelling and your network "

@@ -73,3 +73,16 @@ def test_help_lists_options(capsys):
     text = capsys.readouterr().out
     for option in ("--variant", "--protocol", "--update_dataset", "--learning_rate", "--train_templates"):
         assert option in text
+
+
+def test_shipped_configs_parse_and_point_at_existing_files():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in ["recipes/configs/quickstart.yaml", *map(str, (root / "recipes/configs/paper").glob("*.yaml"))]:
+        cfg = parse_config(["--config", str(root / path), "--use_cpu", "true"])  # the paper's configs ask for bf16
+        assert cfg.update_dataset, path
+    quick = parse_config(["--config", str(root / "recipes/configs/quickstart.yaml")])
+    for spec in [quick.update_dataset, *quick.zero_shot_datasets, *quick.retrieval_datasets]:
+        assert (root / spec["path"]).is_dir(), spec
+    assert (root / quick.model_name_or_path / "model.safetensors").is_file()

@@ -25,7 +25,7 @@ def test_method_runs_two_sessions_with_grad_accumulation(tmp_path, method):
         extra = ["--zscl_reference_dataset", json.dumps({"path": str(DATA / "cifar10"), "split": "test",
                                                          "max_samples": 16})]
     results = train_main([
-        "--config", str(ROOT / "recipes/configs/quickstart.yaml"), "--method", method, "--output_dir", str(out),
+        "--config", str(ROOT / "tests/tiny_quickstart.yaml"), "--method", method, "--output_dir", str(out),
         "--protocol", "mst", "--num_sessions", "2", "--max_steps", "2", "--gradient_accumulation_steps", "2",
         "--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--max_eval_samples", "20",
         "--eval_before_training", "false", "--learning_rate", "1e-4",

@@ -17,7 +17,7 @@ DATA = ROOT / "examples" / "data"
 
 def args_for(out, update=None, *extra):
     update = update or {"name": "fashion_mnist", "path": str(DATA / "fashion_mnist")}
-    return ["--config", str(ROOT / "recipes/configs/quickstart.yaml"), "--output_dir", str(out), "--max_steps", "2",
+    return ["--config", str(ROOT / "tests/tiny_quickstart.yaml"), "--output_dir", str(out), "--max_steps", "2",
             "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--max_eval_samples", "30",
             "--protocol", "mst", "--num_sessions", "2", "--update_dataset", json.dumps(update),
             "--zero_shot_datasets", "[]", "--retrieval_datasets", "[]", *extra]
@@ -112,7 +112,7 @@ def test_eval_command_writes_results(tmp_path):
     from clip_cl.cli import eval_main
 
     out = tmp_path / "ev"
-    res = eval_main(["--config", str(ROOT / "recipes/configs/quickstart.yaml"), "--output_dir", str(out),
+    res = eval_main(["--config", str(ROOT / "tests/tiny_quickstart.yaml"), "--output_dir", str(out),
                      "--max_eval_samples", "20", "--disable_tqdm", "true",
                      "--update_dataset", json.dumps({"name": "fm", "path": str(DATA / "fashion_mnist")}),
                      "--zero_shot_datasets", "[]", "--retrieval_datasets", "[]"])

@@ -18,7 +18,7 @@ def test_tensorboard_events_hold_the_loss_terms(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    train_main(["--config", str(ROOT / "recipes" / "configs" / "quickstart.yaml"), "--method", "lwf",
+    train_main(["--config", str(ROOT / "tests" / "tiny_quickstart.yaml"), "--method", "lwf",
                 "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",
                 "--logging_steps", "1", "--report_to", "tensorboard", "--disable_tqdm", "true",
                 "--eval_before_training", "false", "--max_eval_samples", "20",

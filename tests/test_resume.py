@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def command(out):
-    return [sys.executable, str(ROOT / "recipes" / "train.py"), "--config", str(ROOT / "recipes/configs/quickstart.yaml"),
+    return [sys.executable, str(ROOT / "recipes" / "train.py"), "--config", str(ROOT / "tests/tiny_quickstart.yaml"),
             "--output_dir", str(out), "--protocol", "mst", "--num_sessions", "2", "--num_train_epochs", "3",
             "--per_device_train_batch_size", "16", "--disable_tqdm", "true", "--max_eval_samples", "40",
             "--method", "lwf",

@@ -11,7 +11,7 @@ import yaml
 from clip_cl.sweep import SweepError, expand_sweep, load_sweep, run_sweep, summary_table, sweep_main
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "recipes" / "configs" / "quickstart.yaml"
+QUICKSTART = ROOT / "tests" / "tiny_quickstart.yaml"
 
 
 def write_sweep(tmp_path, body, name="sweep.yaml"):

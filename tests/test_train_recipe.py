@@ -13,7 +13,7 @@ from clip_cl.cli import train_main
 from clip_cl.runner import RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "recipes" / "configs" / "quickstart.yaml")
+QUICKSTART = str(ROOT / "tests" / "tiny_quickstart.yaml")
 DATA = ROOT / "examples" / "data"
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +22,7 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ..features import encode_texts, image_features
+from ..features import encode_texts, image_features, text_features, tokenize
 from ..prompts import DEFAULT_TRAIN_TEMPLATES, DEFAULT_ZERO_SHOT_TEMPLATES, check_templates, class_text_features
 from .distributed import gather_list, gather_rows, shard_indices
 from .metrics import retrieval_recall, topk_accuracy
@@ -160,12 +162,43 @@ def _text_side(model, fn, device, autocast_dtype, *args, **kwargs) -> torch.Tens
         return fn(model, *args, device=device, **kwargs).float()
 
 
+# Tokenised caption batches of recent retrieval evaluations, kept on the host. A run evaluates the same captions after
+# every session, and on a GPU tokenising them costs more than encoding them (docs/performance.md).
+_TOKEN_CACHE: OrderedDict[tuple, tuple[Any, list[str], list[dict[str, torch.Tensor]]]] = OrderedDict()
+_TOKEN_CACHE_SIZE = 4
+
+
+def _tokenized_batches(tokenizer, texts: list[str], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """`tokenize` of every `batch_size` slice of `texts` (as `encode_texts` does), cached across calls."""
+    key = (id(tokenizer), batch_size, len(texts), hash(tuple(texts)))
+    hit = _TOKEN_CACHE.get(key)
+    if hit is not None and hit[0]() is tokenizer and hit[1] == texts:
+        _TOKEN_CACHE.move_to_end(key)
+        return hit[2]
+    batches = [tokenize(tokenizer, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    _TOKEN_CACHE[key] = (weakref.ref(tokenizer), list(texts), batches)
+    while len(_TOKEN_CACHE) > _TOKEN_CACHE_SIZE:
+        _TOKEN_CACHE.popitem(last=False)
+    return batches
+
+
+@torch.no_grad()
+def _encode_texts_cached(model, tokenizer, texts: list[str], batch_size: int, device=None) -> torch.Tensor:
+    """[`encode_texts`] with the tokenisation cached (same batches, same features)."""
+    if not texts:
+        return encode_texts(model, tokenizer, texts, batch_size, device)  # raises its error
+    device = device if device is not None else _model_device_dtype(model)[0]
+    return torch.cat([text_features(model, b["input_ids"].to(device, non_blocking=True),
+                                    b["attention_mask"].to(device, non_blocking=True)).float()
+                      for b in _tokenized_batches(tokenizer, texts, batch_size)])
+
+
 def _encode_texts_sharded(model, tokenizer, texts: Sequence[str], batch_size: int, device=None) -> torch.Tensor:
     # Tens of thousands of captions cost as much as the images, so they are sharded over processes the same way.
     if PartialState().num_processes == 1:
-        return encode_texts(model, tokenizer, texts, batch_size, device)
+        return _encode_texts_cached(model, tokenizer, list(texts), batch_size, device)
     shard = [texts[i] for i in shard_indices(len(texts))]
-    return gather_rows(encode_texts(model, tokenizer, shard, batch_size, device), len(texts))
+    return gather_rows(_encode_texts_cached(model, tokenizer, shard, batch_size, device), len(texts))
 
 
 def zero_shot_eval(model, tokenizer, dataset, class_names: Sequence[str],

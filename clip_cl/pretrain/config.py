@@ -145,7 +145,7 @@ class PretrainConfig(TrainingArguments):
 
     # ---- TrainingArguments defaults changed for pretraining from scratch
     output_dir: str | None = field(default="runs/pretrain", metadata={"help": "Run folder."})
-    max_steps: int = field(default=700, metadata={"help": "Optimizer steps of the run."})
+    max_steps: int = field(default=1500, metadata={"help": "Optimizer steps of the run."})
     per_device_train_batch_size: int = field(default=128, metadata={
         "help": "Pairs per batch (also the contrastive batch: each image is scored against the batch's texts)."})
     per_device_eval_batch_size: int = field(default=256, metadata={"help": "Evaluation batch size."})

@@ -25,7 +25,8 @@ import torch
 from ..io import atomic_save_dir, atomic_write_json, atomic_write_text
 from .config import PretrainConfig
 
-__all__ = ["parse_pretrain_config", "run_pretrain", "evaluate_pretrained", "export_model", "format_results", "main"]
+__all__ = ["parse_pretrain_config", "run_pretrain", "evaluate_pretrained", "export_model", "format_results", "main",
+           "world_model_card"]
 
 logger = logging.getLogger("clip_cl.pretrain")
 
@@ -153,14 +154,27 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _card(results: dict[str, Any], config: PretrainConfig) -> str:
+def world_model_card(results: dict[str, Any], config: PretrainConfig) -> str:
+    """The `README.md` model card of an exported pretrained model, with the numbers of `results` as printed.
+
+    Args:
+        results (`dict`): the content of `pretrain_results.json`.
+        config ([`PretrainConfig`]): the run's configuration.
+
+    Returns:
+        `str`: Markdown with YAML front matter: architecture, data and splits, training, held-out results, rebuild
+        command.
+    """
     from .world import load_world
 
-    train = results["train"]
+    train, arch = results["train"], results["model"]
     world = load_world(config.world_dir)
     parts = "\n".join(f"| `{n}` | {p['role']} | {p['rows']} | {p.get('captions', '')} | {p['source']} |"
                       for n, p in world["parts"].items())
-    arch = results["model"]
+    v, t = arch["vision"], arch["text"]
+    schedule = getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type)
+    stopped = (" The time budget (`max_train_minutes`) stopped training before `max_steps`."
+               if train.get("stopped_by_time_budget") else "")
     return f"""---
 library_name: transformers
 pipeline_tag: zero-shot-image-classification
@@ -169,62 +183,67 @@ tags: [clip, clip-cl, contrastive-pretraining]
 
 # world-clip: a small CLIP pretrained from scratch on CPU
 
-A {arch['num_parameters'] / 1e6:.2f}M-parameter `CLIPModel` (real CLIP BPE tokenizer, 49,408 tokens) pretrained by
-`clip-cl` on the "world" of `../shared/data`, so that continual-learning examples start from a model that has
-something to lose. Weights are stored in {config.export_dtype}; `config.json` asks `from_pretrained` for float32,
-so `clip_cl.models.load_clip("examples/models/world-clip")` returns a float32 model ready to train.
+A {arch['num_parameters'] / 1e6:.2f}M-parameter `CLIPModel` with the real CLIP BPE tokenizer (49,408 tokens),
+pretrained from scratch by `clip-cl` on the "world" of the project's shared data, so that continual-learning examples
+start from a model that has something to lose. Weights are stored in {config.export_dtype}; `config.json` asks
+`from_pretrained` for float32, so `clip_cl.models.load_clip("examples/models/world-clip")` returns a float32 model
+ready to train. How it was made: `docs/pretraining.md`.
 
 ## Architecture
 
-`clip_cl.models.tiny_clip(seed={config.seed}, **overrides)` with
+`clip_cl.models.tiny_clip(seed={config.seed}, **overrides)` with these overrides:
 
 ```json
 {json.dumps(config.model_overrides(), indent=2)}
 ```
 
-Image tower: ViT, {arch['vision']['image_size']} px input, {arch['vision']['patch_size']} px patches,
-{arch['vision']['num_hidden_layers']} layers of width {arch['vision']['hidden_size']}. Text tower:
-{arch['text']['num_hidden_layers']} layers of width {arch['text']['hidden_size']}, context
-{arch['text']['max_position_embeddings']} tokens. Joint space: {arch['projection_dim']}-d. Parameters:
-{arch['num_parameters']:,} ({arch['token_embedding_parameters']:,} of them the token embedding).
+- Image tower: ViT, {v['image_size']} px input, {v['patch_size']} px patches, {v['num_hidden_layers']} layers of width
+  {v['hidden_size']} (MLP {v['intermediate_size']}, {v['num_attention_heads']} heads).
+- Text tower: {t['num_hidden_layers']} layers of width {t['hidden_size']} (MLP {t['intermediate_size']},
+  {t['num_attention_heads']} heads), {t['max_position_embeddings']}-token context.
+- Joint space: {arch['projection_dim']}-d. Parameters: {arch['num_parameters']:,}, of which
+  {arch['token_embedding_parameters']:,} are the token embedding.
 
-## Data (seed {world['seed']}; `data/world/world.json`)
+## Data and splits (seed {world['seed']}, `data/world/world.json`)
 
 | part | role | images | captions | source |
 |---|---|---:|---:|---|
 {parts}
 
 Classification images get class-name captions from {len(config.caption_templates)} templates (one drawn per image
-per epoch); Pascal and COCO images get one of their own captions. Parts repeated per epoch: `{json.dumps(config.train_parts)}`.
-Loss: symmetric InfoNCE with a learnable temperature (clamped at {config.max_logit_scale:g}); multi-positive
-{'on' if config.multi_positive else 'off'} (pairs naming the same class are positives of each other).
-Fashion-MNIST is outside the world (the later update task).
+each time it is read); Pascal and COCO images get one of their own captions. Repeats per epoch:
+`{json.dumps(config.train_parts)}`. Loss: symmetric InfoNCE with a learnable temperature (clamped at
+{config.max_logit_scale:g}), multi-positive {'on' if config.multi_positive else 'off'} (pairs naming the same class
+are positives of each other). Fashion-MNIST is outside the world: it is the later update task.
 
 ## Training
 
-{train['steps']} steps of {config.per_device_train_batch_size} pairs (AdamW, lr {config.learning_rate:g}, {config.lr_scheduler_type.value if hasattr(config.lr_scheduler_type, 'value') else config.lr_scheduler_type}
-schedule, warm-up {config.warmup_steps:g}, weight decay {config.weight_decay:g}, beta2 {config.adam_beta2:g}), seed
-{config.seed}, on {results['machine']['cpu_threads']} CPU thread(s) of a shared machine: training took
-{train['train_seconds'] / 60:.1f} min wall-clock, the whole run (cache, training, evaluation, saving)
-{results['wall_clock_seconds'] / 60:.1f} min. Final training loss (mean of the last logging window):
-{train['final_loss']:.4f}; final logit scale {train['logit_scale']:.2f}.
+{train['steps']} steps of {config.per_device_train_batch_size} pairs: AdamW (lr {config.learning_rate:g}, beta2
+{config.adam_beta2:g}, weight decay {config.weight_decay:g}), {schedule} schedule with warm-up {config.warmup_steps:g},
+seed {config.seed}, {results['machine']['cpu_threads']} CPU threads of a shared machine. Training took
+{train['train_seconds'] / 60:.1f} min wall-clock ({train['seconds_per_step']:.2f} s/step); the whole run (cache,
+training, evaluation, saving) {results['wall_clock_seconds'] / 60:.1f} min.{stopped} Final training loss (last
+logging window): {train['final_loss']:.4f}; final temperature multiplier {train['logit_scale']:.2f}.
 
 ## Held-out results
 
-Zero-shot: {len(config.zero_shot_templates)}-template ensemble {json.dumps(list(config.zero_shot_templates))}.
-Retrieval: recall in percent, all 5 captions per image (TR: image -> text, IR: text -> image).
+Zero-shot: top-1 / top-5 accuracy (%) with the {len(config.zero_shot_templates)}-template ensemble
+`{json.dumps(list(config.zero_shot_templates))}`. Retrieval: recall (%) with all captions of each image (TR: image to
+text, IR: text to image).
 
 {format_results(results)}
 
 ## Rebuild
 
+From the repository root:
+
 ```
+python recipes/prepare_world.py --source ../shared/data --out data/world
 {results['command']}
 ```
 
-(run from the repository root after `python recipes/prepare_world.py --source ../shared/data --out data/world`;
-see `docs/pretraining.md`). CPU training is deterministic for a given seed and thread count; the numbers can move by
-a few tenths of a point across machines.
+Training is deterministic for a given seed and thread count on one machine; elsewhere the numbers can move by a few
+tenths of a point.
 """
 
 
@@ -348,7 +367,7 @@ def run_pretrain(config: PretrainConfig, command: str | None = None) -> dict[str
         trainer.save_model(config.output_dir)  # safetensors + processor files
         results["wall_clock_seconds"] = time.perf_counter() - wall_start
         if config.export_dir:
-            export_model(model, processor, config.export_dir, config.export_dtype, card=_card(results, config))
+            export_model(model, processor, config.export_dir, config.export_dtype, card=world_model_card(results, config))
             logger.info("Exported the model (%s) to %s", config.export_dtype, config.export_dir)
         results["wall_clock_seconds"] = time.perf_counter() - wall_start
         atomic_write_json(Path(config.output_dir) / RESULTS_FILE, results)

@@ -34,7 +34,7 @@ def test_ddp_gradients_are_synchronised(tmp_path):
 
 def test_ddp_recipe_trains_and_evaluates_like_one_process(tmp_path):
     run = tmp_path / "ddp"
-    common = ["--config", ROOT / "recipes" / "configs" / "quickstart.yaml", "--max_steps", "3",
+    common = ["--config", ROOT / "tests" / "tiny_quickstart.yaml", "--max_steps", "3",
               "--per_device_train_batch_size", "8", "--disable_tqdm", "true", "--max_eval_samples", "40",
               "--update_dataset", json.dumps({"name": "fashion_mnist", "path": str(DATA / "fashion_mnist")}),
               "--zero_shot_datasets", json.dumps([{"name": "cifar10", "path": str(DATA / "cifar10"), "split": "test"}]),

@@ -26,7 +26,7 @@ from ...prompts import class_text_features, format_prompts
 from ...variants import apply_variant
 from .config import CLIPCLConfig
 
-__all__ = ["CLIPCLTrainer", "StudentOutputs", "PAPER"]
+__all__ = ["CLIPCLTrainer", "StudentOutputs", "PAPER", "teacher_call"]
 
 _STATE_FILE = "clip_cl_trainer_state.json"
 
@@ -237,11 +237,10 @@ class CLIPCLTrainer(Trainer):
                 device=self.args.device)
         return self._teacher_class_cache
 
-    @torch.no_grad()
     def teacher_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Teacher's normalised image features of the batch (float32)."""
+        """Teacher's normalised image features of the batch (float32), computed in inference mode."""
         dtype = next(self.teacher.parameters()).dtype
-        return image_features(self.teacher, pixel_values.to(dtype)).float()
+        return teacher_call(image_features, self.teacher, pixel_values.to(dtype))
 
     def teacher_logit_scale(self) -> torch.Tensor:
         return unwrap(self.teacher).logit_scale.detach().float().exp()
@@ -337,6 +336,15 @@ class CLIPCLTrainer(Trainer):
         output = super().train(resume_from_checkpoint, *args, **kwargs)
         self.on_session_end()
         return output
+
+
+def teacher_call(fn, *args, **kwargs) -> torch.Tensor:
+    """`fn(*args, **kwargs).float()` under `torch.inference_mode()` (no autograd bookkeeping at all), returned as an
+    ordinary tensor: an inference tensor cannot be saved for backward, and the losses multiply teacher features with
+    student tensors that require grad. The copy is of the `[N, D]` features only."""
+    with torch.inference_mode():
+        out = fn(*args, **kwargs).float()
+    return out.clone()
 
 
 def _concat_padded(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 
 from ...features import text_features
 from ...losses import kd_kl_loss, sample_pseudo_tokens
-from ..base.trainer import PAPER, StudentOutputs, unwrap
+from ..base.trainer import PAPER, StudentOutputs, teacher_call, unwrap
 from ..lwf.trainer import LwFTrainer, cat_tokens
 
 __all__ = ["VRLwFTrainer"]
@@ -143,13 +143,12 @@ class VRLwFTrainer(LwFTrainer):
     def num_old_texts(self) -> int:
         return super().num_old_texts() if self.use_lwf else 0
 
-    @torch.no_grad()
     def teacher_pseudo_features(self) -> torch.Tensor:
-        """Teacher's normalised features `[M, D]` of the step's pseudo-classes: one teacher text call, or a look-up
-        in the pool's cached features."""
+        """Teacher's normalised features `[M, D]` of the step's pseudo-classes: one teacher text call (in inference
+        mode), or a look-up in the pool's cached features."""
         if self._step_pool_index is not None:
             return self._pool_teacher[self._step_pool_index]
-        return text_features(self.teacher, **self._step_pseudo).float()
+        return teacher_call(text_features, self.teacher, **self._step_pseudo)
 
     # ------------------------------------------------------------------ the loss
     def method_losses(self, model, inputs: dict, outputs: StudentOutputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:

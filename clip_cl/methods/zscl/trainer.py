@@ -48,11 +48,41 @@ def l2_to_reference(params: Mapping[str, torch.Tensor], reference: Mapping[str, 
     """
     if not params:
         raise ValueError("l2_to_reference got no parameters.")
+    names = list(params)
+    tensors = [params[n] for n in names]
+    refs = [reference[n].detach() for n in names]
+    if all(p.dtype == torch.float32 and r.dtype == torch.float32 and r.device == p.device
+           for p, r in zip(tensors, refs)):
+        # One fused pass over all tensors (a handful of kernels instead of ~8 per tensor: on GPU the per-tensor
+        # version cost more in launches than in memory traffic).
+        return _SquaredDistance.apply(len(tensors), *tensors, *refs)
     total = None
-    for name, p in params.items():
-        d = (p.float() - reference[name].detach().to(p.device, torch.float32)).pow(2).sum()
+    for p, r in zip(tensors, refs):
+        d = (p.float() - r.to(p.device, torch.float32)).pow(2).sum()
         total = d if total is None else total + d
     return total
+
+
+class _SquaredDistance(torch.autograd.Function):
+    """`sum_k ||p_k - r_k||^2` over float32 tensors on one device, with `torch._foreach_*` kernels; the gradient
+    `2 (p_k - r_k)` is recomputed in backward instead of keeping the differences alive (no extra memory)."""
+
+    @staticmethod
+    def forward(ctx, n: int, *tensors: torch.Tensor) -> torch.Tensor:
+        params, refs = tensors[:n], tensors[n:]
+        diffs = torch._foreach_sub(params, refs)
+        total = torch.stack(torch._foreach_norm(diffs)).pow(2).sum()
+        ctx.n = n
+        ctx.save_for_backward(*tensors)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        tensors = ctx.saved_tensors
+        params, refs = tensors[:ctx.n], tensors[ctx.n:]
+        grads = torch._foreach_sub(params, refs)
+        torch._foreach_mul_(grads, 2.0 * grad)
+        return (None, *grads, *([None] * ctx.n))
 
 
 @dataclass

@@ -1,0 +1,300 @@
+"""GPU only: FT throughput and model FLOPs utilisation on a ViT-B/32-shaped CLIP in bf16, and the Trainer's step
+against a bare PyTorch loop on the same model, data and optimizer.
+
+- `matmul`: an 8192^3 bf16 matrix product, the card's practical ceiling (measured in the same run).
+- `trainer`: `CLIPFineTuneTrainer.train()` for `--steps` steps (the first `--warmup` untimed); images/s and MFU =
+  model FLOPs per step (counted once with `torch.utils.flop_counter.FlopCounterMode` over forward + backward) /
+  step time / peak.
+- `bare`: the same FT loss written as a plain loop (autocast bf16, backward, clip, AdamW of the same class and
+  arguments as the Trainer's, zero_grad), same DataLoader.
+- data placement: the rows live on the GPU (so only the training step is timed), or on the host (fp32 tensors,
+  pinned, `dataloader_num_workers` workers) to see whether the input pipeline keeps the model fed.
+- `compile`: the Trainer with `torch_compile=True` (optional, `--compile`).
+
+    python benchmarks/bench_gpu.py --batch-size 256 --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from _common import (CLASS_NAMES, base_args, build_model, collate, free_memory, machine_info, markdown_table, sync,
+                     write_json)
+
+H100_SXM_BF16_DENSE_TFLOPS = 989.4  # NVIDIA datasheet, dense (no sparsity)
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, pixels, num_classes):
+        self.pixels, self.num_classes = pixels, num_classes
+
+    def __len__(self):
+        return len(self.pixels)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.pixels[i], "labels": i % self.num_classes}
+
+
+def matmul_tflops(n: int = 8192, reps: int = 20) -> float:
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps):
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    times.sort()
+    return 2 * n**3 / times[len(times) // 2] / 1e12
+
+
+class StepClock:
+    """Trainer callback: wall time from the start of step `warmup` to the end of training (synchronised)."""
+
+    def __init__(self, warmup: int, device="cuda"):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class _CB(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                if state.global_step == warmup:
+                    sync(device)
+                    clock.t0 = time.perf_counter()
+
+            def on_train_end(self, args, state, control, **kw):
+                sync(device)
+                clock.t1 = time.perf_counter()
+
+        self.callback = _CB()
+        self.t0 = self.t1 = None
+
+
+def run_trainer(model_name, batch_size, steps, warmup, data, workers, pin, compile_=False, device="cuda"):
+    from clip_cl.methods.ft import CLIPFineTuneTrainer, FTConfig
+
+    model, processor = build_model(model_name)
+    args = base_args(device, batch_size, "bf16")
+    args.update({"max_steps": steps, "dataloader_num_workers": workers, "dataloader_pin_memory": pin,
+                 "torch_compile": compile_, "dataloader_persistent_workers": workers > 0})
+    clock = StepClock(warmup, device)
+    tr = CLIPFineTuneTrainer(model=model, args=FTConfig(**args), train_dataset=data, processing_class=processor,
+                             class_names=CLASS_NAMES, data_collator=collate, callbacks=[clock.callback])
+    t = time.perf_counter()
+    tr.train()
+    total = time.perf_counter() - t
+    step_s = (clock.t1 - clock.t0) / (steps - warmup)
+    del tr, model
+    free_memory(device)
+    return {"step_s": step_s, "images_per_s": batch_size / step_s, "total_s": total}
+
+
+def run_bare(model_name, batch_size, steps, warmup, data, workers, pin, device="cuda"):
+    """The FT step as a plain PyTorch loop: same model, loss, optimizer class and arguments, DataLoader."""
+    import torch.nn.functional as F
+    from transformers import Trainer
+
+    from clip_cl.features import tokenize
+    from clip_cl.methods.ft import FTConfig
+    from clip_cl.prompts import format_prompts
+
+    model, processor = build_model(model_name)
+    model.to(device).train()
+    from clip_cl.variants import apply_variant
+
+    apply_variant(model, "WM")  # the same trainable parameters as the Trainer
+    config = FTConfig(**base_args(device, batch_size, "bf16"))
+    opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(config, model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = opt_cls(params, **opt_kwargs)
+    tokens = tokenize(processor.tokenizer, format_prompts(CLASS_NAMES, config.train_templates), device)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                                         num_workers=workers, pin_memory=pin, drop_last=True,
+                                         persistent_workers=workers > 0)
+    it, done = iter(loader), 0
+    t0 = None
+    while done < steps:
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        if done == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        pixels = batch["pixel_values"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        cuda = torch.device(device).type == "cuda"
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cuda):
+            out = model(pixel_values=pixels, **tokens)
+            logits = model.logit_scale.exp() * out.image_embeds @ out.text_embeds.t()
+        loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        done += 1
+    sync(device)
+    step_s = (time.perf_counter() - t0) / (steps - warmup)
+    del model, opt
+    free_memory(device)
+    return {"step_s": step_s, "images_per_s": batch_size / step_s}
+
+
+def count_flops(model_name, batch_size, device="cuda") -> float:
+    """Model FLOPs of one FT training step (forward + backward of both towers), counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from _common import StepRunner, fixed_batch, make_trainer
+    from clip_cl.methods.ft import CLIPFineTuneTrainer, FTConfig
+
+    StepRunner.reset()
+    model, processor = build_model(model_name)
+    tr = make_trainer(FTConfig, CLIPFineTuneTrainer, model, processor, base_args(device, batch_size, "bf16"))
+    step = StepRunner(tr, fixed_batch(tr.model, batch_size, device))
+    step()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        tr.training_step(step.model, step.batch)
+    flops = float(counter.get_total_flops())
+    del step, tr, model
+    StepRunner.reset()
+    free_memory(device)
+    return flops
+
+
+def bench(model_name: str, batch_size: int, steps: int, warmup: int, num_images: int, workers: int,
+          compile_: bool = False, device="cuda", compile_only: bool = False, log=print) -> dict:
+    res = {"model": model_name, "batch_size": batch_size, "steps": steps, "warmup": warmup}
+    if compile_only:
+        return bench_compile(res, model_name, batch_size, steps, warmup, num_images, device, log)
+    res["matmul_tflops"] = matmul_tflops() if device == "cuda" else float("nan")
+    log(f"[gpu] bf16 matmul 8192^3: {res['matmul_tflops']:.0f} TFLOP/s")
+    res["flops_per_step"] = count_flops(model_name, batch_size, device)
+    log(f"[gpu] FT step FLOPs at batch {batch_size}: {res['flops_per_step'] / 1e12:.2f} TFLOP")
+    size = int(build_model(model_name)[0].config.vision_config.image_size)
+    g = torch.Generator().manual_seed(0)
+    host = torch.randn(num_images, 3, size, size, generator=g)
+    on_gpu = Rows(host.to(device), len(CLASS_NAMES))
+    on_host = Rows(host, len(CLASS_NAMES))
+    runs = {}
+    # Trainer and bare loop alternate, twice each, so drifts hit both.
+    for rep in range(2):
+        runs.setdefault("trainer_gpu_data", []).append(run_trainer(model_name, batch_size, steps, warmup, on_gpu, 0,
+                                                                   False, device=device))
+        runs.setdefault("bare_gpu_data", []).append(run_bare(model_name, batch_size, steps, warmup, on_gpu, 0, False,
+                                                             device=device))
+        log(f"[gpu] rep {rep}: trainer {runs['trainer_gpu_data'][-1]['step_s'] * 1000:.1f} ms, "
+            f"bare {runs['bare_gpu_data'][-1]['step_s'] * 1000:.1f} ms")
+    pin = device == "cuda"
+    runs["trainer_host_data"] = [run_trainer(model_name, batch_size, steps, warmup, on_host, workers, pin,
+                                             device=device)]
+    runs["bare_host_data"] = [run_bare(model_name, batch_size, steps, warmup, on_host, workers, pin, device=device)]
+    log(f"[gpu] host data ({workers} workers, pinned): trainer {runs['trainer_host_data'][0]['step_s'] * 1000:.1f} ms,"
+        f" bare {runs['bare_host_data'][0]['step_s'] * 1000:.1f} ms")
+    if compile_:
+        try:
+            runs["trainer_gpu_data_compile"] = [run_trainer(model_name, batch_size, steps, warmup + 3, on_gpu, 0,
+                                                            False, compile_=True, device=device)]
+            log(f"[gpu] compiled trainer {runs['trainer_gpu_data_compile'][0]['step_s'] * 1000:.1f} ms "
+                f"(total incl. compilation {runs['trainer_gpu_data_compile'][0]['total_s']:.0f} s)")
+        except Exception as err:  # compilation is optional
+            runs["trainer_gpu_data_compile_error"] = repr(err)[:500]
+            log(f"[gpu] torch.compile failed: {err!r}"[:500])
+    res["runs"] = runs
+    summary = {}
+    for name, rs in runs.items():
+        if not isinstance(rs, list):
+            continue
+        step_s = sorted(r["step_s"] for r in rs)[len(rs) // 2]
+        tflops = res["flops_per_step"] / step_s / 1e12
+        summary[name] = {"step_ms": 1000 * step_s, "images_per_s": batch_size / step_s, "model_tflops": tflops,
+                         "mfu_datasheet": tflops / H100_SXM_BF16_DENSE_TFLOPS,
+                         "mfu_measured_matmul": tflops / res["matmul_tflops"]}
+    if "trainer_gpu_data" in summary and "bare_gpu_data" in summary:
+        res["trainer_over_bare"] = summary["trainer_gpu_data"]["step_ms"] / summary["bare_gpu_data"]["step_ms"]
+    if "trainer_host_data" in summary and "bare_host_data" in summary:
+        res["trainer_over_bare_host"] = summary["trainer_host_data"]["step_ms"] / summary["bare_host_data"]["step_ms"]
+    res["summary"] = summary
+    return res
+
+
+def bench_compile(res, model_name, batch_size, steps, warmup, num_images, device, log) -> dict:
+    """The Trainer's FT step eager and with `torch_compile=True` (compilation counted apart, in `total_s`)."""
+    size = int(build_model(model_name)[0].config.vision_config.image_size)
+    data = Rows(torch.randn(num_images, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device),
+                len(CLASS_NAMES))
+    runs = {"trainer_gpu_data": [run_trainer(model_name, batch_size, steps, warmup, data, 0, False, device=device)]}
+    log(f"[gpu] eager trainer {runs['trainer_gpu_data'][0]['step_s'] * 1000:.1f} ms")
+    try:
+        runs["trainer_gpu_data_compile"] = [run_trainer(model_name, batch_size, steps, warmup + 3, data, 0, False,
+                                                        compile_=True, device=device)]
+        log(f"[gpu] compiled trainer {runs['trainer_gpu_data_compile'][0]['step_s'] * 1000:.1f} ms "
+            f"(total incl. compilation {runs['trainer_gpu_data_compile'][0]['total_s']:.0f} s)")
+        res["compiled_over_eager"] = (runs["trainer_gpu_data_compile"][0]["step_s"]
+                                      / runs["trainer_gpu_data"][0]["step_s"])
+    except Exception as err:  # compilation is optional
+        res["compile_error"] = repr(err)[:1000]
+        log(f"[gpu] torch.compile failed: {err!r}"[:1000])
+    res["runs"] = runs
+    res["summary"] = {k: {"step_ms": 1000 * v[0]["step_s"], "images_per_s": batch_size / v[0]["step_s"],
+                          "total_s": v[0]["total_s"]} for k, v in runs.items()}
+    return res
+
+
+def table(res: dict) -> str:
+    if "flops_per_step" not in res:  # compile comparison
+        rows = [[k, f"{v['step_ms']:.1f}", f"{v['images_per_s']:.0f}", f"{v['total_s']:.0f}"]
+                for k, v in res["summary"].items()]
+        out = (f"FT with torch.compile, {res['model']} bf16, batch {res['batch_size']}:\n"
+               + markdown_table(["run", "ms/step", "images/s", "whole train() s (incl. compilation)"], rows))
+        if "compiled_over_eager" in res:
+            out += f"\ncompiled / eager step: {res['compiled_over_eager']:.3f}x"
+        if "compile_error" in res:
+            out += f"\ncompile failed: {res['compile_error']}"
+        return out
+    rows = [[name, f"{s['step_ms']:.1f}", f"{s['images_per_s']:.0f}", f"{s['model_tflops']:.0f}",
+             f"{100 * s['mfu_datasheet']:.1f}%", f"{100 * s['mfu_measured_matmul']:.1f}%"]
+            for name, s in res["summary"].items()]
+    out = (f"FT on GPU, {res['model']} bf16, batch {res['batch_size']} ({res['flops_per_step'] / 1e12:.2f} TFLOP per "
+           f"step; bf16 matmul ceiling measured {res['matmul_tflops']:.0f} TFLOP/s, datasheet "
+           f"{H100_SXM_BF16_DENSE_TFLOPS:.0f}):\n"
+           + markdown_table(["run", "ms/step", "images/s", "TFLOP/s", "MFU (datasheet)", "MFU (measured matmul)"],
+                            rows))
+    if "trainer_over_bare" in res:
+        out += f"\nTrainer step / bare PyTorch loop (data on GPU): {res['trainer_over_bare']:.3f}x"
+    if "trainer_over_bare_host" in res:
+        out += f"\nTrainer step / bare PyTorch loop (data on host): {res['trainer_over_bare_host']:.3f}x"
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vitb32", choices=["tiny", "vitb32"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=8)
+    p.add_argument("--num-images", type=int, default=2048)
+    p.add_argument("--workers", type=int, default=6)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="cuda", help="cpu only to smoke-test this script")
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_gpu.py needs a CUDA device.")
+    res = bench(a.model, a.batch_size, a.steps, a.warmup, a.num_images, a.workers, a.compile, a.device)
+    res["machine"] = machine_info(torch.device(a.device))
+    print(table(res))
+    write_json(a.json, res)
+
+
+if __name__ == "__main__":
+    main()
