@@ -126,9 +126,15 @@ def run_interleaved(cases: dict[str, Callable[[], Any]], rounds: int, warmup: in
     (timed together, per-call mean recorded). The order inside a round rotates, so no case always follows the same
     one; slow drifts of a shared machine hit every case of a round alike, which is what per-round ratios cancel."""
     names = list(cases)
-    for _ in range(warmup):
-        for name in names:
-            cases[name]()
+    for w in range(warmup):
+        for name in list(names):
+            try:
+                cases[name]()
+            except Exception as err:  # a case that cannot run is dropped, not the whole benchmark
+                if w or not log:
+                    raise
+                log(f"  case {name} failed in warm-up and is dropped: {err!r}"[:600])
+                names.remove(name)
     sync(device)
     out = Timings({n: [] for n in names})
     for r in range(rounds):

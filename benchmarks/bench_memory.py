@@ -108,7 +108,10 @@ def bench(model_name: str, batch_size: int, device, precision: str, methods: lis
                    "peak RSS of a fresh process minus its RSS after imports (model, teacher, optimizer, activations)")
     for method in methods:
         if cuda:
-            row = run_one(method, model_name, batch_size, device, precision, pool_size)
+            try:
+                row = run_one(method, model_name, batch_size, device, precision, pool_size)
+            except Exception as err:
+                row = {"error": repr(err)[:1000]}
         else:
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, model_name, str(batch_size),
                    precision, str(pool_size), str(threads)]

@@ -94,33 +94,13 @@ def main(argv=None):
             print(f"[run_all] budget of {a.budget_s:.0f} s spent: skipping entry {i} ({kind})", flush=True)
             continue
         t0 = time.perf_counter()
-        if kind == "steps":
-            kw = dict(kw)
-            res = bench_steps.bench(kw.pop("model_name"), kw.pop("batch_sizes"), device, **kw)
-            text = bench_steps.table(res)
-        elif kind == "memory":
-            kw = dict(kw)
-            res = bench_memory.bench(kw.pop("model_name"), kw.pop("batch_size"), device, threads=a.threads or 0,
-                                     **kw)
-            text = bench_memory.table(res)
-        elif kind == "eval":
-            kw = dict(kw)
-            res = bench_eval.bench(kw.pop("model_name"), kw.pop("num_images"), kw.pop("batch_size"), device, **kw)
-            text = bench_eval.table(res)
-        elif kind == "profile":
-            import bench_profile
+        try:
+            res, text = run_entry(kind, kw, device, a)
+        except Exception as err:  # one failing benchmark must not lose the others' results
+            import traceback
 
-            kw = dict(kw)
-            n_eval = kw.pop("eval_images", 0)
-            res = {"steps": bench_profile.profile_steps(kw.pop("model_name"), kw.pop("batch_size"), device, **kw)}
-            if n_eval:
-                res["eval"] = bench_profile.profile_eval("vitb32", n_eval, 256, device, "bf16")
-            text = "(profiles printed above and saved in the JSON)"
-        else:
-            import bench_gpu
-
-            res = bench_gpu.bench(**kw)
-            text = bench_gpu.table(res)
+            traceback.print_exc()
+            res, text = {"error": repr(err)[:2000]}, f"entry {i} ({kind}) failed: {err!r}"[:2000]
         res["machine"], res["seconds"] = info, time.perf_counter() - t0
         write_json(out / f"{m}_{i}_{kind}.json", res)
         text += f"\n({kind} took {res['seconds']:.0f} s)"
@@ -129,6 +109,37 @@ def main(argv=None):
         with open(out / f"summary_{m}.md", "w") as f:
             f.write(f"machine: {info}\n\n" + "\n\n".join(tables) + "\n")
     print(f"[run_all] done in {time.perf_counter() - start:.0f} s; tables in {out / f'summary_{m}.md'}")
+
+
+def run_entry(kind: str, kw: dict, device, a):
+    if kind == "steps":
+        kw = dict(kw)
+        res = bench_steps.bench(kw.pop("model_name"), kw.pop("batch_sizes"), device, **kw)
+        text = bench_steps.table(res)
+    elif kind == "memory":
+        kw = dict(kw)
+        res = bench_memory.bench(kw.pop("model_name"), kw.pop("batch_size"), device, threads=a.threads or 0,
+                                 **kw)
+        text = bench_memory.table(res)
+    elif kind == "eval":
+        kw = dict(kw)
+        res = bench_eval.bench(kw.pop("model_name"), kw.pop("num_images"), kw.pop("batch_size"), device, **kw)
+        text = bench_eval.table(res)
+    elif kind == "profile":
+        import bench_profile
+
+        kw = dict(kw)
+        n_eval = kw.pop("eval_images", 0)
+        res = {"steps": bench_profile.profile_steps(kw.pop("model_name"), kw.pop("batch_size"), device, **kw)}
+        if n_eval:
+            res["eval"] = bench_profile.profile_eval("vitb32", n_eval, 256, device, "bf16")
+        text = "(profiles printed above and saved in the JSON)"
+    else:
+        import bench_gpu
+
+        res = bench_gpu.bench(**kw)
+        text = bench_gpu.table(res)
+    return res, text
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel, PreTrainedTokenizerBase
 
-__all__ = ["image_features", "text_features", "tokenize", "encode_texts"]
+__all__ = ["image_features", "text_features", "tokenize", "concat_tokens", "encode_texts"]
 
 
 def _unwrap(model) -> CLIPModel:
@@ -39,6 +39,28 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], device=No
     """Tokenise with padding to the longest text and truncation to the model's context length."""
     enc = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
     return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def concat_tokens(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
+    """Stack two tokenised batches of different lengths (right padding with `pad_id`, attention mask 0).
+
+    Padding with the end-of-text id keeps CLIP's pooling right: it reads the first end-of-text token of each row.
+
+    Args:
+        a, b (`dict`): `{"input_ids", "attention_mask"}` of shapes `[n_a, L_a]` and `[n_b, L_b]`.
+        pad_id (`int`): the padding id.
+
+    Returns:
+        `dict`: `{"input_ids", "attention_mask"}` of shape `[n_a + n_b, max(L_a, L_b)]`, on `a`'s device.
+    """
+    length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+    device = a["input_ids"].device
+
+    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
+        return F.pad(x.to(device), (0, length - x.shape[1]), value=value)
+
+    return {"input_ids": torch.cat([pad(a["input_ids"], pad_id), pad(b["input_ids"], pad_id)]),
+            "attention_mask": torch.cat([pad(a["attention_mask"], 0), pad(b["attention_mask"], 0)])}
 
 
 @torch.no_grad()

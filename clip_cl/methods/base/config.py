@@ -13,12 +13,12 @@ from transformers.training_args import OptimizerNames
 from ...prompts import DEFAULT_TRAIN_TEMPLATES, DEFAULT_ZERO_SHOT_TEMPLATES, check_templates
 from ...variants import check_variant
 
-__all__ = ["CLIPCLConfig", "PROTOCOLS"]
+__all__ = ["CLIPCLConfig", "PROTOCOLS", "maybe_json"]
 
 PROTOCOLS = ("ost", "mst")
 
 
-def _maybe_json(value: Any, name: str) -> Any:
+def maybe_json(value: Any, name: str) -> Any:
     """CLI values of dict/list fields arrive as strings: accept JSON there (YAML files give real lists/dicts)."""
     if not isinstance(value, str):
         return value
@@ -177,9 +177,9 @@ class CLIPCLConfig(TrainingArguments):
         self.variant = check_variant(self.variant)
         self.train_templates = check_templates(self.train_templates)
         self.zero_shot_templates = check_templates(self.zero_shot_templates)
-        self.update_dataset = _maybe_json(self.update_dataset, "update_dataset")
-        self.zero_shot_datasets = _maybe_json(self.zero_shot_datasets, "zero_shot_datasets") or []
-        self.retrieval_datasets = _maybe_json(self.retrieval_datasets, "retrieval_datasets") or []
+        self.update_dataset = maybe_json(self.update_dataset, "update_dataset")
+        self.zero_shot_datasets = maybe_json(self.zero_shot_datasets, "zero_shot_datasets") or []
+        self.retrieval_datasets = maybe_json(self.retrieval_datasets, "retrieval_datasets") or []
         if isinstance(self.zero_shot_datasets, dict):
             self.zero_shot_datasets = [self.zero_shot_datasets]
         if isinstance(self.retrieval_datasets, dict):

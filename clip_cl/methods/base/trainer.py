@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from ...features import image_features, tokenize
+from ...features import concat_tokens, image_features, tokenize
 from ...io import atomic_write_json, read_json
 from ...prompts import class_text_features, format_prompts
 from ...variants import apply_variant
@@ -258,7 +258,8 @@ class CLIPCLTrainer(Trainer):
         n_prompts = tokens["input_ids"].shape[0]
         input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
         if extra is not None:
-            input_ids, attention_mask = _concat_padded(tokens, extra, self.clip_tokenizer.pad_token_id)
+            both = concat_tokens(tokens, extra, self.clip_tokenizer.pad_token_id)
+            input_ids, attention_mask = both["input_ids"], both["attention_mask"]
         out = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         text = out.text_embeds
         class_embeds = text[:n_prompts]
@@ -346,14 +347,3 @@ def teacher_call(fn, *args, **kwargs) -> torch.Tensor:
         out = fn(*args, **kwargs).float()
     return out.clone()
 
-
-def _concat_padded(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack two tokenised batches of different lengths into one (right padding with `pad_id`, mask 0)."""
-    length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-
-    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
-        return F.pad(x, (0, length - x.shape[1]), value=value)
-
-    ids = torch.cat([pad(a["input_ids"], pad_id), pad(b["input_ids"].to(a["input_ids"].device), pad_id)])
-    mask = torch.cat([pad(a["attention_mask"], 0), pad(b["attention_mask"].to(a["attention_mask"].device), 0)])
-    return ids, mask

@@ -27,26 +27,6 @@ LWF_PAPER = {
 }
 
 
-def cat_tokens(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
-    """Stack two tokenised batches of different lengths (right padding with `pad_id`, attention mask 0).
-
-    Args:
-        a, b (`dict`): `{"input_ids", "attention_mask"}` of shapes `[n_a, L_a]` and `[n_b, L_b]`.
-        pad_id (`int`): the padding id.
-
-    Returns:
-        `dict`: `{"input_ids", "attention_mask"}` of shape `[n_a + n_b, max(L_a, L_b)]`, on `a`'s device.
-    """
-    length = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-    device = a["input_ids"].device
-
-    def pad(x: torch.Tensor, value: int) -> torch.Tensor:
-        return F.pad(x.to(device), (0, length - x.shape[1]), value=value)
-
-    return {"input_ids": torch.cat([pad(a["input_ids"], pad_id), pad(b["input_ids"], pad_id)]),
-            "attention_mask": torch.cat([pad(a["attention_mask"], 0), pad(b["attention_mask"], 0)])}
-
-
 class LwFTrainer(CLIPCLTrainer):
     r"""Learning without Forgetting (Li & Hoiem 2017) for CLIP, as the baseline of Ding et al. (2022).
 

@@ -11,7 +11,8 @@ import torch
 from ...features import text_features
 from ...losses import kd_kl_loss, sample_pseudo_tokens
 from ..base.trainer import PAPER, StudentOutputs, teacher_call, unwrap
-from ..lwf.trainer import LwFTrainer, cat_tokens
+from ...features import concat_tokens
+from ..lwf.trainer import LwFTrainer
 
 __all__ = ["VRLwFTrainer"]
 
@@ -138,7 +139,7 @@ class VRLwFTrainer(LwFTrainer):
         """Old-class prompts (MST with `distill_class_names`) then the step's pseudo-classes, for one student call."""
         pseudo = self.draw_pseudo_classes(model)
         old = self.old_class_tokens(self.args.device) if self.use_lwf else None
-        return pseudo if old is None else cat_tokens(old, pseudo, self.clip_tokenizer.pad_token_id)
+        return pseudo if old is None else concat_tokens(old, pseudo, self.clip_tokenizer.pad_token_id)
 
     def num_old_texts(self) -> int:
         return super().num_old_texts() if self.use_lwf else 0

@@ -1,6 +1,6 @@
 from dataclasses import dataclass, field
 
-from ..base.config import CLIPCLConfig, _maybe_json
+from ..base.config import CLIPCLConfig, maybe_json
 
 __all__ = ["WiSEFTConfig"]
 
@@ -33,7 +33,7 @@ class WiSEFTConfig(CLIPCLConfig):
         "help": "Mixing coefficients evaluated after each session (UT-Acc vs ZS-Acc curve); [] turns it off."})
 
     def __post_init__(self):
-        self.wise_alphas = _maybe_json(self.wise_alphas, "wise_alphas")
+        self.wise_alphas = maybe_json(self.wise_alphas, "wise_alphas")
         if self.wise_alphas is None:
             self.wise_alphas = []
         if isinstance(self.wise_alphas, (int, float)):

@@ -1,7 +1,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..base.config import CLIPCLConfig, _maybe_json
+from ..base.config import CLIPCLConfig, maybe_json
 
 __all__ = ["ZSCLConfig", "ZSCL_TEACHERS", "ZSCL_TEXT_FEATURES"]
 
@@ -142,7 +142,7 @@ class ZSCLConfig(CLIPCLConfig):
             if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be a positive integer or unset, got {value}.")
 
-        ref = _maybe_json(self.zscl_reference_dataset, "zscl_reference_dataset")
+        ref = maybe_json(self.zscl_reference_dataset, "zscl_reference_dataset")
         if ref is not None:
             if not isinstance(ref, dict):
                 raise ValueError(f"zscl_reference_dataset must be a dataset spec dict, got {ref!r}.")
@@ -156,7 +156,7 @@ class ZSCLConfig(CLIPCLConfig):
 
         texts = self.zscl_reference_texts
         if isinstance(texts, str) and texts.lstrip().startswith("["):
-            texts = _maybe_json(texts, "zscl_reference_texts")
+            texts = maybe_json(texts, "zscl_reference_texts")
         if isinstance(texts, (list, tuple)):
             texts = [str(t) for t in texts]
             if not texts:
@@ -165,7 +165,7 @@ class ZSCLConfig(CLIPCLConfig):
         for name in ("zscl_reference_class_names", "zscl_reference_templates"):
             value = getattr(self, name)
             if isinstance(value, str):
-                value = _maybe_json(value, name) if value.lstrip().startswith("[") else [value]
+                value = maybe_json(value, name) if value.lstrip().startswith("[") else [value]
             setattr(self, name, None if value is None else [str(v) for v in value])
         if self.zscl_reference_templates is not None:
             from ...prompts import check_templates
