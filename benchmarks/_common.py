@@ -202,8 +202,9 @@ def method_specs() -> dict[str, tuple[Any, Any, dict[str, Any]]]:
 
 
 # Methods that change the model's modules (adapters): they get their own copy of the model.
-OWN_MODEL = {"rkr", "lora"}
-TEACHER_METHODS = {"lwf", "vr_lwf", "vr_lwf_pool", "geodl", "geodl_host", "zscl", "naive_lwf", "naive_vr_lwf"}
+OWN_MODEL = {"rkr", "lora", "ft_fused_adamw"}
+TEACHER_METHODS = {"lwf", "vr_lwf", "vr_lwf_pool", "geodl", "geodl_host", "zscl", "zscl_no_l2", "naive_lwf",
+                   "naive_vr_lwf"}
 
 
 def make_trainer(config_cls, trainer_cls, model, processor, args: dict[str, Any], teacher=None, **trainer_kwargs):

@@ -78,16 +78,18 @@ class StepClock:
         self.t0 = self.t1 = None
 
 
-def run_trainer(model_name, batch_size, steps, warmup, data, workers, pin, compile_=False, device="cuda"):
-    from clip_cl.methods.ft import CLIPFineTuneTrainer, FTConfig
+def run_trainer(model_name, batch_size, steps, warmup, data, workers, pin, compile_=False, device="cuda",
+                method="ft"):
+    from _common import method_specs
 
+    config_cls, trainer_cls, overrides = method_specs()[method]
     model, processor = build_model(model_name)
     args = base_args(device, batch_size, "bf16")
     args.update({"max_steps": steps, "dataloader_num_workers": workers, "dataloader_pin_memory": pin,
-                 "torch_compile": compile_, "dataloader_persistent_workers": workers > 0})
+                 "torch_compile": compile_, "dataloader_persistent_workers": workers > 0, **overrides})
     clock = StepClock(warmup, device)
-    tr = CLIPFineTuneTrainer(model=model, args=FTConfig(**args), train_dataset=data, processing_class=processor,
-                             class_names=CLASS_NAMES, data_collator=collate, callbacks=[clock.callback])
+    tr = trainer_cls(model=model, args=config_cls(**args), train_dataset=data, processing_class=processor,
+                     class_names=CLASS_NAMES, data_collator=collate, callbacks=[clock.callback])
     t = time.perf_counter()
     tr.train()
     total = time.perf_counter() - t
@@ -172,10 +174,11 @@ def count_flops(model_name, batch_size, device="cuda") -> float:
 
 
 def bench(model_name: str, batch_size: int, steps: int, warmup: int, num_images: int, workers: int,
-          compile_: bool = False, device="cuda", compile_only: bool = False, log=print) -> dict:
+          compile_: bool = False, device="cuda", compile_only: bool = False, reps: int = 3,
+          compile_methods=("ft", "rkr"), log=print) -> dict:
     res = {"model": model_name, "batch_size": batch_size, "steps": steps, "warmup": warmup}
     if compile_only:
-        return bench_compile(res, model_name, batch_size, steps, warmup, num_images, device, log)
+        return bench_compile(res, model_name, batch_size, steps, warmup, num_images, device, log, compile_methods)
     res["matmul_tflops"] = matmul_tflops() if device == "cuda" else float("nan")
     log(f"[gpu] bf16 matmul 8192^3: {res['matmul_tflops']:.0f} TFLOP/s")
     res["flops_per_step"] = count_flops(model_name, batch_size, device)
@@ -186,8 +189,8 @@ def bench(model_name: str, batch_size: int, steps: int, warmup: int, num_images:
     on_gpu = Rows(host.to(device), len(CLASS_NAMES))
     on_host = Rows(host, len(CLASS_NAMES))
     runs = {}
-    # Trainer and bare loop alternate, twice each, so drifts hit both.
-    for rep in range(2):
+    # Trainer and bare loop alternate, `reps` times each, so drifts hit both.
+    for rep in range(reps):
         runs.setdefault("trainer_gpu_data", []).append(run_trainer(model_name, batch_size, steps, warmup, on_gpu, 0,
                                                                    False, device=device))
         runs.setdefault("bare_gpu_data", []).append(run_bare(model_name, batch_size, steps, warmup, on_gpu, 0, False,
@@ -227,39 +230,51 @@ def bench(model_name: str, batch_size: int, steps: int, warmup: int, num_images:
     return res
 
 
-def bench_compile(res, model_name, batch_size, steps, warmup, num_images, device, log) -> dict:
-    """The Trainer's FT step eager and with `torch_compile=True` (compilation counted apart, in `total_s`)."""
+def bench_compile(res, model_name, batch_size, steps, warmup, num_images, device, log,
+                  methods=("ft", "rkr")) -> dict:
+    """Each method's `Trainer.train()` eager and with `torch_compile=True` (compilation counted apart)."""
     size = int(build_model(model_name)[0].config.vision_config.image_size)
     data = Rows(torch.randn(num_images, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device),
                 len(CLASS_NAMES))
-    runs = {"trainer_gpu_data": [run_trainer(model_name, batch_size, steps, warmup, data, 0, False, device=device)]}
-    log(f"[gpu] eager trainer {runs['trainer_gpu_data'][0]['step_s'] * 1000:.1f} ms")
-    try:
-        runs["trainer_gpu_data_compile"] = [run_trainer(model_name, batch_size, steps, warmup + 3, data, 0, False,
-                                                        compile_=True, device=device)]
-        log(f"[gpu] compiled trainer {runs['trainer_gpu_data_compile'][0]['step_s'] * 1000:.1f} ms "
-            f"(total incl. compilation {runs['trainer_gpu_data_compile'][0]['total_s']:.0f} s)")
-        res["compiled_over_eager"] = (runs["trainer_gpu_data_compile"][0]["step_s"]
-                                      / runs["trainer_gpu_data"][0]["step_s"])
-    except Exception as err:  # compilation is optional
-        res["compile_error"] = repr(err)[:1000]
-        log(f"[gpu] torch.compile failed: {err!r}"[:1000])
+    runs = {}
+    for method in methods:
+        runs[f"{method}_eager"] = [run_trainer(model_name, batch_size, steps, warmup, data, 0, False, device=device,
+                                               method=method)]
+        log(f"[gpu] eager {method} {runs[f'{method}_eager'][0]['step_s'] * 1000:.1f} ms")
+        try:
+            runs[f"{method}_compiled"] = [run_trainer(model_name, batch_size, steps, warmup + 3, data, 0, False,
+                                                      compile_=True, device=device, method=method)]
+            log(f"[gpu] compiled {method} {runs[f'{method}_compiled'][0]['step_s'] * 1000:.1f} ms "
+                f"(whole train() incl. compilation {runs[f'{method}_compiled'][0]['total_s']:.0f} s)")
+        except Exception as err:  # compilation is optional
+            res[f"{method}_compile_error"] = repr(err)[:1000]
+            log(f"[gpu] torch.compile of {method} failed: {err!r}"[:1000])
     res["runs"] = runs
     res["summary"] = {k: {"step_ms": 1000 * v[0]["step_s"], "images_per_s": batch_size / v[0]["step_s"],
                           "total_s": v[0]["total_s"]} for k, v in runs.items()}
+    ft = res["summary"]
+    for method in methods:
+        for mode in ("eager", "compiled"):
+            if f"{method}_{mode}" in ft and f"ft_{mode}" in ft:
+                ft[f"{method}_{mode}"]["vs_ft_same_mode"] = ft[f"{method}_{mode}"]["step_ms"] / ft[f"ft_{mode}"]["step_ms"]
+        if f"{method}_compiled" in ft:
+            ft[f"{method}_compiled"]["vs_own_eager"] = (ft[f"{method}_compiled"]["step_ms"]
+                                                        / ft[f"{method}_eager"]["step_ms"])
     return res
 
 
 def table(res: dict) -> str:
     if "flops_per_step" not in res:  # compile comparison
-        rows = [[k, f"{v['step_ms']:.1f}", f"{v['images_per_s']:.0f}", f"{v['total_s']:.0f}"]
+        rows = [[k, f"{v['step_ms']:.1f}", f"{v['images_per_s']:.0f}", f"{v['total_s']:.0f}",
+                 f"{v['vs_ft_same_mode']:.2f}x" if "vs_ft_same_mode" in v else "",
+                 f"{v['vs_own_eager']:.2f}x" if "vs_own_eager" in v else ""]
                 for k, v in res["summary"].items()]
-        out = (f"FT with torch.compile, {res['model']} bf16, batch {res['batch_size']}:\n"
-               + markdown_table(["run", "ms/step", "images/s", "whole train() s (incl. compilation)"], rows))
-        if "compiled_over_eager" in res:
-            out += f"\ncompiled / eager step: {res['compiled_over_eager']:.3f}x"
-        if "compile_error" in res:
-            out += f"\ncompile failed: {res['compile_error']}"
+        out = (f"torch.compile, {res['model']} bf16, batch {res['batch_size']}:\n"
+               + markdown_table(["run", "ms/step", "images/s", "whole train() s (incl. compilation)",
+                                 "/FT (same mode)", "compiled/eager"], rows))
+        errors = [f"{k}: {v}" for k, v in res.items() if k.endswith("_compile_error")]
+        if errors:
+            out += "\n" + "\n".join(errors)
         return out
     rows = [[name, f"{s['step_ms']:.1f}", f"{s['images_per_s']:.0f}", f"{s['model_tflops']:.0f}",
              f"{100 * s['mfu_datasheet']:.1f}%", f"{100 * s['mfu_measured_matmul']:.1f}%"]

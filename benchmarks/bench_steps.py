@@ -49,6 +49,8 @@ def build_cases(model_name: str, device, precision: str, methods: list[str], poo
     specs["naive_lwf"] = (LwFConfig, NaiveLwFTrainer, {})
     specs["naive_vr_lwf"] = (VRLwFConfig, NaiveVRLwFTrainer, {})
     specs["geodl_host"] = (GeoDLConfig, GeoDLHostTrainer, {})
+    specs["zscl_no_l2"] = (specs["zscl"][0], specs["zscl"][1], {"zscl_l2_weight": 0.0})
+    specs["ft_fused_adamw"] = (specs["ft"][0], specs["ft"][1], {"optim": "adamw_torch_fused"})
     methods = [m for m in methods if m in specs]
     if "ft" not in methods:
         methods.insert(0, "ft")
@@ -121,7 +123,7 @@ def summarise(t) -> dict:
     rows = {}
     for name in s:
         row = {"median_s": t.median(name), "spread": t.spread(name), "vs_ft": t.ratio(name, "ft")}
-        if has_teacher and name in ("lwf", "geodl", "geodl_host", "zscl", "naive_lwf"):
+        if has_teacher and name in ("lwf", "geodl", "geodl_host", "zscl", "zscl_no_l2", "naive_lwf"):
             row["floor_parts"] = ["ft", "teacher_fwd"]
         if has_teacher and name in ("vr_lwf", "vr_lwf_pool", "naive_vr_lwf"):
             row["floor_parts"] = ["floor_pseudo", "teacher_fwd"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from clip_cl.features import text_features
+from clip_cl.features import concat_tokens, text_features
 from clip_cl.losses import kd_kl_loss
 from clip_cl.methods.ft import CLIPFineTuneTrainer
 from clip_cl.methods.geodl import GeoDLTrainer
@@ -59,10 +59,8 @@ class NaiveVRLwFTrainer(VRLwFTrainer):
         with torch.no_grad():
             tokens = self.class_tokens(self.args.device)
             n = tokens["input_ids"].shape[0]
-            from clip_cl.methods.base.trainer import _concat_padded
-
-            ids, mask = _concat_padded(tokens, pseudo, self.clip_tokenizer.pad_token_id)
-            teacher_text = text_features(self.teacher, ids, mask).float()
+            both = concat_tokens(tokens, pseudo, self.clip_tokenizer.pad_token_id)
+            teacher_text = text_features(self.teacher, **both).float()
             teacher_pseudo = teacher_text[n:]
             teacher_image = self.teacher_image_features(inputs["pixel_values"])
         with self.accelerator.autocast():

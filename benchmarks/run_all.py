@@ -35,7 +35,7 @@ def plan(mode: str) -> list[tuple[str, dict]]:
     if mode == "gpu":
         return [
             ("gpu", {"model_name": "vitb32", "batch_size": 256, "steps": 30, "warmup": 8, "num_images": 2048,
-                     "workers": 6}),
+                     "workers": 6, "reps": 3}),
             ("steps", {"model_name": "vitb32", "batch_sizes": [64, 256], "precision": "bf16", "rounds": 7,
                        "warmup": 2, "inner": 3, "methods": ALL + ["geodl_host"], "pool_size": 10000}),
             ("memory", {"model_name": "vitb32", "batch_size": 256, "precision": "bf16",
@@ -44,8 +44,12 @@ def plan(mode: str) -> list[tuple[str, dict]]:
                       "rounds": 3, "warmup": 1, "num_workers": [0, 6]}),
             ("profile", {"model_name": "vitb32", "batch_size": 256, "precision": "bf16",
                          "methods": ["ft", "geodl", "zscl", "vr_lwf"], "steps": 2, "eval_images": 512}),
+            ("gfk", {}),
+            ("steps", {"model_name": "vitb32", "batch_sizes": [256], "precision": "bf16", "rounds": 7, "warmup": 2,
+                       "inner": 3, "methods": ["ft", "zscl", "zscl_no_l2", "ft_fused_adamw", "rkr", "lwf"],
+                       "pool_size": 10000}),
             ("gpu", {"model_name": "vitb32", "batch_size": 256, "steps": 30, "warmup": 8, "num_images": 2048,
-                     "workers": 0, "compile_only": True}),
+                     "workers": 0, "compile_only": True, "compile_methods": ["ft", "rkr"]}),
         ]
     quick = mode == "quick"
     return [
@@ -125,6 +129,11 @@ def run_entry(kind: str, kw: dict, device, a):
         kw = dict(kw)
         res = bench_eval.bench(kw.pop("model_name"), kw.pop("num_images"), kw.pop("batch_size"), device, **kw)
         text = bench_eval.table(res)
+    elif kind == "gfk":
+        import bench_gfk
+
+        res = bench_gfk.bench(device)
+        text = bench_gfk.table(res)
     elif kind == "profile":
         import bench_profile
 

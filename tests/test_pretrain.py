@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from clip_cl.pretrain import (
+    WORLD_CLIP_CONFIG,
     CLIPPretrainTrainer,
     PretrainCollator,
     PretrainConfig,
     TimeBudgetCallback,
     TrainPart,
-    WORLD_CLIP_CONFIG,
     WorldTrainDataset,
     clip_contrastive_loss,
     export_model,
@@ -115,11 +115,14 @@ def test_world_dataset_and_collator(tiny):
     assert row["text"] in ("a photo of a cat.", "a blurry photo of the cat.") and row["positive_key"] == "class:cat"
     assert ds[24]["positive_key"].startswith("text:") and ds[24]["text"] in ("a red square number 0.", "square 0 on grey")
     collator = PretrainCollator(processor.tokenizer, 32, MEAN, STD, train=True)
-    batch = collator([ds[i] for i in (0, 1, 3, 24, 30)])
+    rows = [ds[i] for i in (0, 1, 3, 24, 30)]  # 0 and 3 are cats, 1 a dog; 24 and 30 the same captioned image
+    batch = collator(rows)
     assert batch["pixel_values"].shape == (5, 3, 32, 32) and batch["pixel_values"].dtype == torch.float32
     assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[0] == 5
     g = batch["positive_groups"].tolist()
-    assert g[0] == g[2] != g[1] and g[3] == g[4] != g[0]  # rows 24 and 30 are the same captioned image
+    assert g[0] == g[2] != g[1] and g[3] != g[0]
+    # Captioned pairs are grouped by their text: the same image drawn twice is one group only with the same caption.
+    assert (g[3] == g[4]) == (rows[3]["text"] == rows[4]["text"])
     # Centre crop of an evaluation collator is deterministic and inside the stored image.
     center = PretrainCollator(processor.tokenizer, 32, MEAN, STD, train=False).crop(ds.parts[0].pixels[:2])
     assert torch.equal(center, ds.parts[0].pixels[:2, :, 2:34, 2:34])
@@ -209,8 +212,8 @@ def test_embedded_world_clip_loads_with_expected_config():
 def test_prepare_world_is_deterministic_and_disjoint(tmp_path):
     import datasets
 
-    from tests.conftest import SHARED_DATA
     from clip_cl.pretrain import prepare_world
+    from tests.conftest import SHARED_DATA
 
     world = prepare_world(SHARED_DATA, tmp_path / "world", seed=0)
     again = prepare_world(SHARED_DATA, tmp_path / "world", seed=0)  # up to date: returned without rewriting

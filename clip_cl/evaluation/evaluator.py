@@ -10,6 +10,8 @@ as a single-process run. The results schema is documented in `docs/metrics.md`.
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 import time
 import weakref
 from collections import OrderedDict
@@ -74,12 +76,75 @@ def _collate(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
         raise KeyError(f"Dataset rows need a 'pixel_values' tensor [3, H, W]; got keys {sorted(rows[0])}. "
                        "Apply the image transform (e.g. `dataset.set_transform(...)`) before evaluating.")
     batch: dict[str, Any] = {"pixel_values": torch.stack([torch.as_tensor(r["pixel_values"]) for r in rows])}
+    batch.update(_collate_meta(rows))
+    return batch
+
+
+def _collate_pinned(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """[`_collate`] with the pixels stacked directly into page-locked memory (one host copy instead of two)."""
+    if "pixel_values" not in rows[0]:
+        return _collate(rows)  # raises its error
+    pixels = [torch.as_tensor(r["pixel_values"]) for r in rows]
+    out = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype, pin_memory=True)
+    torch.stack(pixels, out=out)
+    batch = _collate_meta(rows)
+    batch["pixel_values"] = out
+    return batch
+
+
+def _collate_meta(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The labels / captions of a batch (everything [`_collate`] returns but the pixels)."""
+    batch: dict[str, Any] = {}
     label_key = "labels" if "labels" in rows[0] else "label" if "label" in rows[0] else None
     if label_key is not None:
         batch["labels"] = [int(r[label_key]) for r in rows]
     if "captions" in rows[0]:
         batch["captions"] = [_as_caption_list(r["captions"]) for r in rows]
     return batch
+
+
+def _prefetched(iterable, depth: int = 2) -> Iterator[Any]:
+    """Iterate `iterable` in a background thread, `depth` items ahead (torch releases the GIL while copying)."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in iterable:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as err:  # re-raised in the consumer
+            put(_Failure(err))
+
+    thread = threading.Thread(target=work, name="clip-cl-eval-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is end:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
 @torch.no_grad()
@@ -121,13 +186,19 @@ def encode_image_dataset(
     model_device, param_dtype = _model_device_dtype(model)
     device = torch.device(device) if device is not None else model_device
     indices = shard_indices(n) if distributed else list(range(n))
+    # On a GPU without loader workers, batches are collated straight into pinned memory by a background thread, so
+    # that stacking the next batch on the host overlaps the kernel launches of the current one (the evaluation is
+    # host-bound otherwise; see docs/performance.md). With workers, the DataLoader's own pinning thread does it.
+    prefetch = device.type == "cuda" and num_workers == 0
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate, pin_memory=device.type == "cuda")
+                        collate_fn=_collate_pinned if prefetch else _collate,
+                        pin_memory=device.type == "cuda" and not prefetch)
     feats: list[torch.Tensor] = []
     labels: list[int] = []
     captions: list[list[str]] = []
     with eval_mode(model), _autocast(device, autocast_dtype):
-        for batch in tqdm(loader, desc=desc, disable=disable_tqdm or not state.is_main_process):
+        batches = _prefetched(loader) if prefetch else loader
+        for batch in tqdm(batches, desc=desc, total=len(loader), disable=disable_tqdm or not state.is_main_process):
             pixel_values = batch["pixel_values"].to(device, dtype=param_dtype, non_blocking=True)
             # Normalise in float32: under bf16 autocast the norm itself would be rounded.
             feats.append(F.normalize(image_features(model, pixel_values, normalize=False).float(), dim=-1))

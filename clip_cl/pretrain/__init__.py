@@ -8,24 +8,48 @@ results = run_pretrain(PretrainConfig(output_dir="runs/pretrain", max_steps=100)
 ```
 """
 
-from .config import CAPTION_TEMPLATES, DEFAULT_TRAIN_PARTS, WORLD_CLIP_CONFIG, ZERO_SHOT_TEMPLATES, PretrainConfig
-from .data import PretrainCollator, TrainPart, WorldTrainDataset, build_train_cache, load_train_parts
-from .run import evaluate_pretrained, export_model, format_results, main, parse_pretrain_config, run_pretrain
-from .trainer import CLIPPretrainTrainer, TimeBudgetCallback, clip_contrastive_loss, positive_targets
+from .config import (
+    CAPTION_TEMPLATES,
+    DEFAULT_TRAIN_PARTS,
+    WORLD_CLIP_CONFIG,
+    ZERO_SHOT_TEMPLATES,
+    PretrainConfig,
+)
+from .data import (
+    PretrainCollator,
+    TrainPart,
+    WorldTrainDataset,
+    build_train_cache,
+    load_train_parts,
+)
+from .run import (
+    evaluate_pretrained,
+    export_model,
+    format_results,
+    main,
+    parse_pretrain_config,
+    run_pretrain,
+)
+from .trainer import (
+    CLIPPretrainTrainer,
+    TimeBudgetCallback,
+    clip_contrastive_loss,
+    positive_targets,
+)
 from .world import WORLD_PARTS, load_world, prepare_world, world_spec
 
 __all__ = [
     "CAPTION_TEMPLATES",
-    "CLIPPretrainTrainer",
     "DEFAULT_TRAIN_PARTS",
+    "WORLD_CLIP_CONFIG",
+    "WORLD_PARTS",
+    "ZERO_SHOT_TEMPLATES",
+    "CLIPPretrainTrainer",
     "PretrainCollator",
     "PretrainConfig",
     "TimeBudgetCallback",
     "TrainPart",
-    "WORLD_CLIP_CONFIG",
-    "WORLD_PARTS",
     "WorldTrainDataset",
-    "ZERO_SHOT_TEMPLATES",
     "build_train_cache",
     "clip_contrastive_loss",
     "evaluate_pretrained",

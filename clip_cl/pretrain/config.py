@@ -11,7 +11,7 @@ from transformers.trainer_utils import SaveStrategy, SchedulerType
 
 from ..prompts import check_templates
 
-__all__ = ["PretrainConfig", "WORLD_CLIP_CONFIG", "CAPTION_TEMPLATES", "ZERO_SHOT_TEMPLATES", "DEFAULT_TRAIN_PARTS"]
+__all__ = ["CAPTION_TEMPLATES", "DEFAULT_TRAIN_PARTS", "WORLD_CLIP_CONFIG", "ZERO_SHOT_TEMPLATES", "PretrainConfig"]
 
 # The architecture of the embedded `examples/models/world-clip`, as overrides of `clip_cl.models.TINY_CLIP_CONFIG`
 # (which keeps the real 49,408-token CLIP vocabulary). See docs/pretraining.md for why this size.

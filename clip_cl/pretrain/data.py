@@ -25,8 +25,14 @@ from PIL import Image
 from ..data.transforms import TRAIN_RESIZE_RATIO
 from .world import load_world
 
-__all__ = ["TrainPart", "WorldTrainDataset", "PretrainCollator", "build_train_cache", "load_train_parts",
-           "decode_to_uint8"]
+__all__ = [
+    "PretrainCollator",
+    "TrainPart",
+    "WorldTrainDataset",
+    "build_train_cache",
+    "decode_to_uint8",
+    "load_train_parts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +194,8 @@ class WorldTrainDataset(torch.utils.data.Dataset):
     A class image's text is a random template filled with its class name; a captioned image's text is one of its
     captions at random. Each row also carries a `positive_key`: `"class:<name>"` for class images and
     `"text:<caption>"` for captioned images, so that the multi-positive loss can treat every image of the same class
-    (and any two images with the identical caption) as positives of each other's texts.
+    (and any two images with the identical caption) as positives of each other's texts. Captioned rows are grouped by
+    text only: the same image drawn twice with two different captions gives two groups.
 
     Args:
         parts (`Sequence[TrainPart]`): the decoded parts; part `p` appears `p.repeat` times per epoch.

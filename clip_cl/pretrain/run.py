@@ -25,8 +25,15 @@ import torch
 from ..io import atomic_save_dir, atomic_write_json, atomic_write_text
 from .config import PretrainConfig
 
-__all__ = ["parse_pretrain_config", "run_pretrain", "evaluate_pretrained", "export_model", "format_results", "main",
-           "world_model_card"]
+__all__ = [
+    "evaluate_pretrained",
+    "export_model",
+    "format_results",
+    "main",
+    "parse_pretrain_config",
+    "run_pretrain",
+    "world_model_card",
+]
 
 logger = logging.getLogger("clip_cl.pretrain")
 
@@ -242,8 +249,8 @@ python recipes/prepare_world.py --source ../shared/data --out data/world
 {results['command']}
 ```
 
-Training is deterministic for a given seed and thread count on one machine; elsewhere the numbers can move by a few
-tenths of a point.
+Everything random is seeded (initialisation, data order, templates, crops and flips); floating-point reductions on
+another machine or thread count can still move the numbers by a few tenths of a point.
 """
 
 
@@ -273,6 +280,9 @@ def export_model(model, processor, export_dir: str | Path, dtype: str = "float16
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp and safetensors create owner-only files; a shipped model is world-readable
+        for file in tmp.iterdir():
+            file.chmod(0o644)
 
     return atomic_save_dir(export_dir, write)
 

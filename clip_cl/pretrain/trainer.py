@@ -13,7 +13,7 @@ from transformers import Trainer, TrainerCallback
 from ..methods.base.trainer import unwrap
 from .config import PretrainConfig
 
-__all__ = ["CLIPPretrainTrainer", "clip_contrastive_loss", "positive_targets", "TimeBudgetCallback", "CLIP_PAPER"]
+__all__ = ["CLIP_PAPER", "CLIPPretrainTrainer", "TimeBudgetCallback", "clip_contrastive_loss", "positive_targets"]
 
 CLIP_PAPER = {
     "title": "Learning Transferable Visual Models From Natural Language Supervision",

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..io import atomic_write_json, read_json
 
-__all__ = ["WORLD_PARTS", "prepare_world", "load_world", "world_spec", "main"]
+__all__ = ["WORLD_PARTS", "load_world", "main", "prepare_world", "world_spec"]
 
 logger = logging.getLogger(__name__)
 
