@@ -33,6 +33,7 @@ _import_structure: dict[str, list[str]] = {
     "evaluation": ["Evaluator", "continual_metrics", "retrieval_recall", "topk_accuracy"],
     "runner": ["run_protocol"],
     "hub": ["model_card", "push_run_to_hub"],
+    "pretrain": ["PretrainConfig", "CLIPPretrainTrainer", "run_pretrain"],
 }
 _name_to_module = {name: module for module, names in _import_structure.items() for name in names}
 

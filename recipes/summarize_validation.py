@@ -1,0 +1,70 @@
+"""Retention table of a validation folder (docs/results.md): how much of the starting model's above-chance ability
+each method keeps, and how much of FT's updated-task accuracy it reaches.
+
+    python recipes/summarize_validation.py runs/validation
+
+For every OST/MST x variant x method (means over seeds, sample std when several):
+  UT-Acc                  final updated-task accuracy (%)
+  UT / FT                 UT-Acc divided by FT's mean UT-Acc in the same protocol and variant
+  ZS kept                 (ZS - chance) / (ZS_before - chance), chance = 100 / number of classes of the zero-shot set
+  TR@1 kept, IR@1 kept    the same for retrieval Recall@1, chance = 100 / number of candidates (captions or images)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _kept(after: float, before: float, chance: float) -> float:
+    return 100.0 * (after - chance) / (before - chance)
+
+
+def summarize(root: Path) -> str:
+    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    names: dict[str, str] = {}
+    for path in sorted(root.rglob("results.json")):
+        r = json.loads(path.read_text())
+        if r.get("status") != "complete" or not r.get("before"):
+            continue
+        before, after = r["before"], r["sessions"][-1]["eval"]
+        key = (r["protocol"], r["variant"], r["method"])
+        names[r["method"]] = r["method_display"]
+        g = groups[key]
+        g["ut"].append(after["ut"]["acc"])
+        n_classes = {d["name"]: len(d["class_names"]) for d in r["splits"]["zero_shot"]}
+        zs_kept = [_kept(zs["top1"], before["zero_shot"][name]["top1"], 100.0 / n_classes[name])
+                   for name, zs in after["zero_shot"].items()]
+        if zs_kept:
+            g["zs"].append(statistics.mean(zs_kept))
+        tr, ir = [], []
+        for name, ret in after["retrieval"].items():
+            b = before["retrieval"][name]
+            tr.append(_kept(ret["tr@1"], b["tr@1"], 100.0 / ret["num_captions"]))
+            ir.append(_kept(ret["ir@1"], b["ir@1"], 100.0 / ret["num_images"]))
+        if tr:
+            g["tr"].append(statistics.mean(tr))
+            g["ir"].append(statistics.mean(ir))
+    lines = ["| protocol | variant | method | n | UT-Acc | UT / FT | ZS kept | TR@1 kept | IR@1 kept |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (protocol, variant, method), g in sorted(groups.items()):
+        ft = groups.get((protocol, variant, "ft"), {}).get("ut")
+        ratio = [100.0 * u / statistics.mean(ft) for u in g["ut"]] if ft else []
+        lines.append(f"| {protocol.upper()} | {variant} | {names[method]} | {len(g['ut'])} | {_mean_std(g['ut'])} | "
+                     f"{_mean_std(ratio)} | {_mean_std(g['zs'])} | {_mean_std(g['tr'])} | {_mean_std(g['ir'])} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summarize(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/validation")))
