@@ -120,11 +120,20 @@ class Timings:
         return (max(v) - min(v)) / statistics.median(v)
 
 
+def default_clock(device) -> str:
+    """`"process"` on CPU (this process's CPU time: on a machine shared with other jobs it counts only the cycles this
+    process ran, so other jobs barely move it; meaningful with `--threads 1`), `"wall"` on GPU."""
+    return "wall" if torch.device(device).type == "cuda" else "process"
+
+
 def run_interleaved(cases: dict[str, Callable[[], Any]], rounds: int, warmup: int, device, inner: int = 1,
-                    log: Callable[[str], None] | None = print) -> Timings:
+                    log: Callable[[str], None] | None = print, clock: str | None = None) -> Timings:
     """Run every case `warmup` times, then `rounds` rounds in which every case runs `inner` times back to back
     (timed together, per-call mean recorded). The order inside a round rotates, so no case always follows the same
-    one; slow drifts of a shared machine hit every case of a round alike, which is what per-round ratios cancel."""
+    one; slow drifts of a shared machine hit every case of a round alike, which is what per-round ratios cancel.
+    `clock`: `"wall"` (`time.perf_counter`, after synchronising the device) or `"process"` (`time.process_time`),
+    by default [`default_clock`]."""
+    now = time.process_time if (clock or default_clock(device)) == "process" else time.perf_counter
     names = list(cases)
     for w in range(warmup):
         for name in list(names):
@@ -141,11 +150,11 @@ def run_interleaved(cases: dict[str, Callable[[], Any]], rounds: int, warmup: in
         k = r % len(names)
         for name in names[k:] + names[:k]:
             sync(device)
-            t0 = time.perf_counter()
+            t0 = now()
             for _ in range(inner):
                 cases[name]()
             sync(device)
-            out.seconds[name].append((time.perf_counter() - t0) / inner)
+            out.seconds[name].append((now() - t0) / inner)
         if log:
             log(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {1000 * out.seconds[n][-1]:.0f} ms" for n in names))
     return out

@@ -21,9 +21,17 @@ import argparse
 import contextlib
 
 import torch
-
-from _common import (CLASS_NAMES, build_model, fmt_ms, machine_info, markdown_table, pick_device, run_interleaved,
-                     write_json)
+from _common import (
+    CLASS_NAMES,
+    build_model,
+    default_clock,
+    fmt_ms,
+    machine_info,
+    markdown_table,
+    pick_device,
+    run_interleaved,
+    write_json,
+)
 
 CAPTION_TEMPLATES = ["a photo of a {}.", "a close-up photo of the {} on a table.", "someone holding a {} outside.",
                      "a blurry picture of a {} in the dark.", "there is a {} next to a chair in the room."]
@@ -102,7 +110,8 @@ def bench(model_name: str, num_images: int, batch_size: int, device, precision: 
     log(f"[eval] {model_name} on {device}: {num_images} images x 2 sets, {len(flat_captions)} captions, "
         f"batch {batch_size}, {rounds} rounds")
     t = run_interleaved(cases, rounds=rounds, warmup=warmup, device=device, log=log)
-    res = {"model": model_name, "device": str(device), "precision": precision, "num_images": num_images,
+    res = {"model": model_name, "device": str(device), "precision": precision, "clock": default_clock(device),
+           "num_images": num_images,
            "num_captions": len(flat_captions), "batch_size": batch_size, "rounds": rounds, "raw_s": t.seconds,
            "rows": {}}
     for w in evaluators:
@@ -128,7 +137,8 @@ def table(res: dict) -> str:
                      f"{r['vs_encoders_h2d']:.2f}" if "vs_encoders_h2d" in r else "",
                      ("yes" if r["met"] else "NO") if "met" in r else ""])
     return (f"evaluation, {res['model']}, {res['device']} {res['precision']}, {res['num_images']} images x 2 sets "
-            f"(zero-shot + retrieval, {res['num_captions']} captions), batch {res['batch_size']}:\n"
+            f"(zero-shot + retrieval, {res['num_captions']} captions), batch {res['batch_size']}, "
+            f"{res.get('clock', 'wall')} time:\n"
             + markdown_table(["case", "ms", "images/s", "throughput / image encoder", "/ encoders",
                               "/ encoders incl. H2D", ">= 0.9 x encoders"], rows))
 

@@ -11,7 +11,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _common import markdown_table, pick_device, sync
 
 
@@ -24,7 +23,11 @@ def _gram_pca_basis(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def routes(s: torch.Tensor, t: torch.Tensor):
-    from clip_cl.losses import geodesic_distillation_loss, gfk_matrix, resolve_subspace_dim
+    from clip_cl.losses import (
+        geodesic_distillation_loss,
+        gfk_matrix,
+        resolve_subspace_dim,
+    )
 
     d = resolve_subspace_dim(*s.shape)
 

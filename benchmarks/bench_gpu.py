@@ -20,9 +20,17 @@ import argparse
 import time
 
 import torch
-
-from _common import (CLASS_NAMES, base_args, build_model, collate, free_memory, machine_info, markdown_table, sync,
-                     write_json)
+from _common import (
+    CLASS_NAMES,
+    base_args,
+    build_model,
+    collate,
+    free_memory,
+    machine_info,
+    markdown_table,
+    sync,
+    write_json,
+)
 
 H100_SXM_BF16_DENSE_TFLOPS = 989.4  # NVIDIA datasheet, dense (no sparsity)
 
@@ -153,9 +161,9 @@ def run_bare(model_name, batch_size, steps, warmup, data, workers, pin, device="
 
 def count_flops(model_name, batch_size, device="cuda") -> float:
     """Model FLOPs of one FT training step (forward + backward of both towers), counted by PyTorch."""
+    from _common import StepRunner, fixed_batch, make_trainer
     from torch.utils.flop_counter import FlopCounterMode
 
-    from _common import StepRunner, fixed_batch, make_trainer
     from clip_cl.methods.ft import CLIPFineTuneTrainer, FTConfig
 
     StepRunner.reset()

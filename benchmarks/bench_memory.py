@@ -38,8 +38,15 @@ def _peak_rss_mb() -> float:
 def run_one(method: str, model_name: str, batch_size: int, device, precision: str, pool_size: int) -> dict:
     """Build `method`'s trainer (own teacher) and run two steps; return memory figures."""
     import torch
-
-    from _common import StepRunner, base_args, build_model, fixed_batch, free_memory, make_trainer, method_specs
+    from _common import (
+        StepRunner,
+        base_args,
+        build_model,
+        fixed_batch,
+        free_memory,
+        make_trainer,
+        method_specs,
+    )
 
     cuda = torch.device(device).type == "cuda"
     specs = method_specs()

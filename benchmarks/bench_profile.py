@@ -8,10 +8,18 @@ from __future__ import annotations
 import argparse
 
 import torch
+from _common import (
+    StepRunner,
+    base_args,
+    build_model,
+    fixed_batch,
+    free_memory,
+    make_trainer,
+    method_specs,
+    pick_device,
+    sync,
+)
 from torch.profiler import ProfilerActivity, profile
-
-from _common import (StepRunner, base_args, build_model, fixed_batch, free_memory, make_trainer,
-                     method_specs, pick_device, sync)
 
 
 def profile_steps(model_name: str, batch_size: int, device, precision: str, methods: list[str], steps: int,
@@ -53,9 +61,9 @@ def profile_steps(model_name: str, batch_size: int, device, precision: str, meth
 
 def profile_eval(model_name: str, num_images: int, batch_size: int, device, precision: str, row_limit: int = 15,
                  log=print) -> str:
+    from _common import CLASS_NAMES
     from bench_eval import CAPTION_TEMPLATES, Rows
 
-    from _common import CLASS_NAMES
     from clip_cl.evaluation import Evaluator
 
     model, processor = build_model(model_name)
@@ -88,14 +96,54 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=["ft", "lwf", "geodl", "zscl"])
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--eval-images", type=int, default=0, help="also profile one evaluation on this many images")
+    p.add_argument("--count-ops", action="store_true", help="only count the operators of one step per method")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.count_ops:
+        return count_ops(a.model, a.batch_size, a.methods)
     device = pick_device(a.device)
     profile_steps(a.model, a.batch_size, device, a.precision, a.methods, a.steps)
     if a.eval_images:
         profile_eval(a.model, a.eval_images, a.batch_size, device, a.precision)
+
+
+
+def count_ops(model_name: str, batch_size: int, methods: list[str], log=print) -> dict:
+    """ATen operators dispatched by one step of each method (CPU; on GPU each is at least one kernel launch), as
+    counted by `torch.profiler` (operators called by other operators are not counted twice)."""
+    device = torch.device("cpu")
+    specs = method_specs()
+    out = {}
+    for name in methods:
+        StepRunner.reset()
+        config_cls, trainer_cls, overrides = specs[name]
+        overrides = dict(overrides)
+        if name == "zscl":
+            overrides["zscl_teacher"] = "previous"
+        model, processor = build_model(model_name)
+        tr = make_trainer(config_cls, trainer_cls, model, processor,
+                          {**base_args(device, batch_size, "fp32"), **overrides})
+        step = StepRunner(tr, fixed_batch(tr.model, batch_size, device))
+        step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        top = [e for e in prof.events() if e.name.startswith("aten::") and not _has_aten_parent(e)]
+        out[name] = len(top)
+        log(f"[ops] {model_name} {name}: {len(top)} top-level ATen operators per step")
+        del step, tr, model
+    StepRunner.reset()
+    return out
+
+
+def _has_aten_parent(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 if __name__ == "__main__":

@@ -19,10 +19,25 @@ import argparse
 import time
 
 import torch
-
-from _common import (OWN_MODEL, TEACHER_METHODS, StepRunner, base_args, build_model, fixed_batch,
-                     fmt_ms, fmt_ratio, free_memory, machine_info, make_trainer, markdown_table, method_specs,
-                     pick_device, run_interleaved, write_json)
+from _common import (
+    OWN_MODEL,
+    TEACHER_METHODS,
+    StepRunner,
+    base_args,
+    build_model,
+    default_clock,
+    fixed_batch,
+    fmt_ms,
+    fmt_ratio,
+    free_memory,
+    machine_info,
+    make_trainer,
+    markdown_table,
+    method_specs,
+    pick_device,
+    run_interleaved,
+    write_json,
+)
 
 TARGETS = {  # name -> (what the ratio is measured against, bound)
     "lwf": ("floor", 1.05), "geodl": ("floor", 1.05), "zscl": ("floor", 1.05),
@@ -35,7 +50,12 @@ DEFAULT_METHODS = ["ft", "lwf", "vr_lwf", "vr_lwf_pool", "geodl", "zscl", "imm",
 
 def build_cases(model_name: str, device, precision: str, methods: list[str], pool_size: int, batch_sizes):
     """Trainers for every method (sharing one student and one teacher where they can) and the floor pieces."""
-    from naive import FloorPseudoTrainer, GeoDLHostTrainer, NaiveLwFTrainer, NaiveVRLwFTrainer
+    from naive import (
+        FloorPseudoTrainer,
+        GeoDLHostTrainer,
+        NaiveLwFTrainer,
+        NaiveVRLwFTrainer,
+    )
 
     from clip_cl.features import text_features
     from clip_cl.methods.geodl import GeoDLConfig
@@ -92,7 +112,8 @@ def bench(model_name: str, batch_sizes, device, precision: str, rounds: int, war
                                                               batch_sizes)
     log(f"[steps] {model_name} on {device} ({precision}): setup seconds "
         + ", ".join(f"{k} {v:.1f}" for k, v in setup.items()))
-    results = {"model": model_name, "device": str(device), "precision": precision, "rounds": rounds,
+    results = {"model": model_name, "device": str(device), "precision": precision, "clock": default_clock(device),
+               "rounds": rounds,
                "warmup": warmup, "inner": inner, "pool_size": pool_size, "setup_s": setup, "batches": {}}
     for bs in batch_sizes:
         batch = fixed_batch(trainers["ft"].model, bs, device)
@@ -165,7 +186,7 @@ def table(results: dict) -> str:
                          fmt_ratio(r.get("floor_vs_ft")), fmt_ratio(r.get("vs_floor")), r.get("target", ""), met,
                          extra])
         out.append(f"{results['model']}, batch {bs}, {results['device']} {results['precision']} "
-                   f"({results['rounds']} rounds x {results['inner']} steps):\n"
+                   f"({results['rounds']} rounds x {results['inner']} steps, {results.get('clock', 'wall')} time):\n"
                    + markdown_table(["case", "ms", "spread", "/FT", "floor/FT", "/floor", "target", "met", "notes"],
                                     rows))
     merges = [f"{k[:-8]} merge {v:.2f} s" for k, v in results.items() if k.endswith("_merge_s")]

@@ -19,11 +19,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import torch  # noqa: E402
-
 import bench_eval  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_steps  # noqa: E402
+import torch  # noqa: E402
 from _common import machine_info, write_json  # noqa: E402
 
 ALL = bench_steps.DEFAULT_METHODS

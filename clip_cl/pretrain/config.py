@@ -67,6 +67,9 @@ class PretrainConfig(TrainingArguments):
             The temperature multiplier `exp(logit_scale)` is clamped to at most this (CLIP: 100).
 
     Parameters that control the data:
+        world_source (`str`, defaults to `"../shared/data"`):
+            The real data the world is cut from (with the default seed) when `world_dir` holds no `world.json`, so
+            that one command rebuilds the embedded model.
         world_dir (`str`, defaults to `"data/world"`):
             Folder written by `recipes/prepare_world.py` (Parquet parts plus `world.json`).
         train_parts (`dict[str, int]`, defaults to [`DEFAULT_TRAIN_PARTS`]):
@@ -114,7 +117,10 @@ class PretrainConfig(TrainingArguments):
 
     # ---- data
     world_dir: str = field(default="data/world", metadata={
-        "help": "Folder written by recipes/prepare_world.py (Parquet parts and world.json)."})
+        "help": "Folder written by recipes/prepare_world.py (Parquet parts and world.json); cut from world_source "
+                "first if it holds no world.json."})
+    world_source: str = field(default="../shared/data", metadata={
+        "help": "The real data the world is cut from when world_dir is empty (see recipes/prepare_world.py)."})
     train_parts: dict | str | None = field(default_factory=lambda: dict(DEFAULT_TRAIN_PARTS), metadata={
         "help": "World parts to train on -> repeats per epoch (JSON on the CLI); 0 leaves a part out."})
     cache_dir: str | None = field(default=None, metadata={

@@ -330,6 +330,11 @@ def run_pretrain(config: PretrainConfig, command: str | None = None) -> dict[str
                 arch["token_embedding_parameters"] / 1e6, json.dumps(config.model_overrides()))
     crop = model.config.vision_config.image_size
     cache_start = time.perf_counter()
+    if not (Path(config.world_dir) / "world.json").is_file():
+        from .world import prepare_world
+
+        logger.info("%s holds no world.json: cutting the world from %s first", config.world_dir, config.world_source)
+        prepare_world(config.world_source, config.world_dir)
     parts = load_train_parts(config.world_dir, config.train_parts, crop, config.cache_dir)
     cache_seconds = time.perf_counter() - cache_start
     dataset = WorldTrainDataset(parts, config.caption_templates)
