@@ -52,8 +52,13 @@ def test_rerun_resumes_and_a_different_run_is_refused(tmp_path):
     again = train_main(args_for(out))  # nothing left to do: same results, checkpoint untouched
     assert again["sessions"] == first["sessions"]
     assert (out / "session_1" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
-    with pytest.raises(RunFolderError, match="holds a different run.*learning_rate"):
+    with pytest.raises(SystemExit, match="holds a different run.*learning_rate"):  # no traceback, a message
         train_main(args_for(out, "--learning_rate", "0.5"))
+    from clip_cl.runner import run_protocol
+    from clip_cl.cli import parse_config
+
+    with pytest.raises(RunFolderError):  # the library call raises the typed error
+        run_protocol(parse_config(args_for(out, "--learning_rate", "0.5")))
     fresh = train_main(args_for(out, "--learning_rate", "0.5", "--overwrite_run"))
     assert fresh["config"]["learning_rate"] == 0.5
 
