@@ -3,8 +3,8 @@
 What is measured:
 - CPU: every method runs in a fresh Python process that imports everything, then builds the model and the trainer
   (the trainer makes its own teacher, as in a real run) and runs two optimisation steps. The figure is the process's
-  peak resident set size (`resource.getrusage(RUSAGE_SELF).ru_maxrss`) minus its resident size right after the
-  imports: weights, teacher, gradients, optimizer state and activations, as the allocator holds them.
+  peak resident set size (`VmHWM` in `/proc/self/status`) minus its resident size right after the imports: weights,
+  teacher, gradients, optimizer state and activations, as the allocator holds them.
 - GPU: methods run one after another in this process; the figure is `torch.cuda.max_memory_allocated()` over
   building the trainer and two steps, starting from an empty device (tensor memory only, without the caching
   allocator's reserve).
@@ -32,7 +32,13 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak resident size (`VmHWM`). Not `ru_maxrss`: Linux carries the parent's high-water mark
+    across fork + exec into it, so a child of a big parent would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_one(method: str, model_name: str, batch_size: int, device, precision: str, pool_size: int) -> dict:
