@@ -9,7 +9,10 @@ What is measured:
   building the trainer and two steps, starting from an empty device (tensor memory only, without the caching
   allocator's reserve).
 
-    python benchmarks/bench_memory.py --model vitb32 --batch-size 16
+A method name with the suffix `_gc` (`ft_gc`, `vr_lwf_gc`) runs that method with gradient checkpointing in the
+student (`gradient_checkpointing: true` in a recipe), the knob that trades recomputation for activation memory.
+
+    python benchmarks/bench_memory.py --model vitb32 --batch-size 16 --methods ft lwf vr_lwf ft_gc vr_lwf_gc --jobs 2
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_METHODS = ["ft", "lwf", "vr_lwf", "vr_lwf_pool", "geodl", "zscl", "imm", "wise_ft", "rkr", "lora"]
+# `<method>_gc`: the same with gradient checkpointing in the student (`gradient_checkpointing: true` in a recipe).
+GC_SUFFIX = "_gc"
 
 
 def _rss_mb() -> float:
@@ -56,6 +62,8 @@ def run_one(method: str, model_name: str, batch_size: int, device, precision: st
 
     cuda = torch.device(device).type == "cuda"
     specs = method_specs()
+    checkpointing = method.endswith(GC_SUFFIX)
+    method = method[:-len(GC_SUFFIX)] if checkpointing else method
     if method not in specs:
         return {"skipped": "not available"}
     config_cls, trainer_cls, overrides = specs[method]
@@ -70,6 +78,8 @@ def run_one(method: str, model_name: str, batch_size: int, device, precision: st
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     model, processor = build_model(model_name)
+    if checkpointing:  # what Trainer.train() does for `gradient_checkpointing=True` (the steps here bypass train())
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     rss_model = _rss_mb()
     trainer = make_trainer(config_cls, trainer_cls, model, processor,
                            {**base_args(device, batch_size, precision), **overrides})
@@ -111,7 +121,7 @@ def worker(argv) -> None:
 
 
 def bench(model_name: str, batch_size: int, device, precision: str, methods: list[str], pool_size: int,
-          threads: int = 0, log=print) -> dict:
+          threads: int = 0, jobs: int = 1, log=print) -> dict:
     import torch
 
     res = {"model": model_name, "device": str(device), "precision": precision, "batch_size": batch_size,
@@ -119,28 +129,33 @@ def bench(model_name: str, batch_size: int, device, precision: str, methods: lis
     cuda = torch.device(device).type == "cuda"
     res["what"] = ("torch.cuda.max_memory_allocated over trainer build + 2 steps" if cuda else
                    "peak RSS of a fresh process minus its RSS after imports (model, teacher, optimizer, activations)")
-    for method in methods:
+    def one(method: str) -> dict:
         if cuda:
             try:
-                row = run_one(method, model_name, batch_size, device, precision, pool_size)
+                return run_one(method, model_name, batch_size, device, precision, pool_size)
             except Exception as err:
-                row = {"error": repr(err)[:1000]}
-        else:
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, model_name, str(batch_size),
-                   precision, str(pool_size), str(threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                row = {"error": (proc.stderr or proc.stdout)[-2000:]}
-            else:
-                row = json.loads(lines[-1][len("RESULT "):])
-        res["rows"][method] = row
-        log(f"[memory] {model_name} batch {batch_size} {method}: "
-            + (f"{row['peak_mb']:.0f} MB" if "peak_mb" in row else str(row)[:300]))
+                return {"error": repr(err)[:1000]}
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, model_name, str(batch_size),
+               precision, str(pool_size), str(threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            return {"error": (proc.stderr or proc.stdout)[-2000:]}
+        return json.loads(lines[-1][len("RESULT "):])
+
+    # CPU: `jobs` fresh processes at a time (each measures its own peak, so they may overlap); GPU: one by one.
+    with ThreadPoolExecutor(max_workers=1 if cuda else max(1, jobs)) as pool:
+        for method, row in zip(methods, pool.map(one, methods)):
+            res["rows"][method] = row
+            log(f"[memory] {model_name} batch {batch_size} {method}: "
+                + (f"{row['peak_mb']:.0f} MB" if "peak_mb" in row else str(row)[:300]))
     ft = res["rows"].get("ft", {}).get("peak_mb")
+    ft_gc = res["rows"].get("ft" + GC_SUFFIX, {}).get("peak_mb")
     for method, row in res["rows"].items():
         if ft and "peak_mb" in row:
             row["vs_ft"] = row["peak_mb"] / ft
+        if ft_gc and "peak_mb" in row and method.endswith(GC_SUFFIX):
+            row["vs_ft_gc"] = row["peak_mb"] / ft_gc
     if "vr_lwf" in res["rows"] and "vs_ft" in res["rows"]["vr_lwf"]:
         res["rows"]["vr_lwf"]["met"] = bool(res["rows"]["vr_lwf"]["vs_ft"] <= 1.25)
     return res
@@ -155,10 +170,12 @@ def table(res: dict) -> str:
             rows.append([method, "-", "-", "", str(r)[:80]])
             continue
         met = ("yes" if r["met"] else "NO") if "met" in r else ""
-        rows.append([method, f"{r['peak_mb']:.0f}", f"{r.get('vs_ft', float('nan')):.2f}x", met,
-                     "<= 1.25 x FT" if "met" in r else ""])
+        notes = "<= 1.25 x FT" if "met" in r else ""
+        if "vs_ft_gc" in r and not method.startswith("ft"):
+            notes = f"{r['vs_ft_gc']:.2f}x ft{GC_SUFFIX}"
+        rows.append([method, f"{r['peak_mb']:.0f}", f"{r.get('vs_ft', float('nan')):.2f}x", met, notes])
     return (f"peak memory, {res['model']}, batch {res['batch_size']}, {res['device']} {res['precision']} "
-            f"({res['what']}):\n" + markdown_table(["method", "MB", "/FT", "met", "target"], rows))
+            f"({res['what']}):\n" + markdown_table(["method", "MB", "/FT", "met", "target / notes"], rows))
 
 
 def main(argv=None):
@@ -172,13 +189,14 @@ def main(argv=None):
     p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS)
     p.add_argument("--pool-size", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process on CPU (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=1, help="CPU: fresh processes measured at the same time")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     from _common import machine_info, pick_device, write_json
 
     device = pick_device(a.device)
-    res = bench(a.model, a.batch_size, device, a.precision, a.methods, a.pool_size, a.threads)
+    res = bench(a.model, a.batch_size, device, a.precision, a.methods, a.pool_size, a.threads, a.jobs)
     res["machine"] = machine_info(device)
     print(table(res))
     write_json(a.json, res)

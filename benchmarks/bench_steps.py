@@ -106,6 +106,16 @@ def build_cases(model_name: str, device, precision: str, methods: list[str], poo
     return trainers, setup, ref, pseudo, text_features
 
 
+def make_cases(trainers: dict, ref, pseudo, text_features, batch: dict) -> dict:
+    """name -> zero-argument callable: one step of every trainer, and the floor pieces run alone."""
+    cases = {name: StepRunner(tr, batch) for name, tr in trainers.items()}
+    if ref is not None:
+        pixels = batch["pixel_values"]
+        cases["teacher_fwd"] = lambda: ref.teacher_image_features(pixels)
+        cases["teacher_pseudo_fwd"] = torch.no_grad()(lambda: text_features(ref.teacher, **pseudo))
+    return cases
+
+
 def bench(model_name: str, batch_sizes, device, precision: str, rounds: int, warmup: int, inner: int,
           methods: list[str], pool_size: int, log=print) -> dict:
     trainers, setup, ref, pseudo, text_features = build_cases(model_name, device, precision, methods, pool_size,
@@ -117,11 +127,7 @@ def bench(model_name: str, batch_sizes, device, precision: str, rounds: int, war
                "warmup": warmup, "inner": inner, "pool_size": pool_size, "setup_s": setup, "batches": {}}
     for bs in batch_sizes:
         batch = fixed_batch(trainers["ft"].model, bs, device)
-        cases = {name: StepRunner(tr, batch) for name, tr in trainers.items()}
-        if ref is not None:
-            pixels = batch["pixel_values"]
-            cases["teacher_fwd"] = lambda: ref.teacher_image_features(pixels)
-            cases["teacher_pseudo_fwd"] = torch.no_grad()(lambda: text_features(ref.teacher, **pseudo))
+        cases = make_cases(trainers, ref, pseudo, text_features, batch)
         log(f"[steps] batch {bs}: {len(cases)} cases x {rounds} rounds")
         t = run_interleaved(cases, rounds=rounds, warmup=warmup, device=device, inner=inner, log=log)
         results["batches"][bs] = summarise(t)

@@ -1,10 +1,16 @@
 """Run every clip-cl benchmark and print the ratios, with whether each target of issue #7 is met.
 
-    python benchmarks/run_all.py --quick            # CPU, a few minutes on an idle 2-core machine
-    python benchmarks/run_all.py                    # CPU, every method on ViT-B/32 shapes at batch 16 and 64
+    python benchmarks/run_all.py --quick            # CPU: every method on the tiny model, FT / LwF / VR-LwF on ViT-B/32
+                                                    #      shapes (about 7 minutes on an idle 2-core machine)
+    python benchmarks/run_all.py                    # CPU: every method on ViT-B/32 shapes at batch 16 (and 64 with
+                                                    #      --batch-sizes 16 64): about 25 minutes per batch size
     python benchmarks/run_all.py --gpu              # GPU: throughput/MFU, Trainer vs bare loop, every method, bf16
 
-Each benchmark also runs alone (`bench_steps.py`, `bench_memory.py`, `bench_eval.py`, `bench_gpu.py`; `--help`).
+On CPU every timing uses one torch thread and this process's CPU time (`--threads 1`, the default): the numbers then
+barely move with other jobs on the machine.
+
+Each benchmark also runs alone (`bench_steps.py`, `bench_flops.py`, `bench_memory.py`, `bench_eval.py`, `bench_gpu.py`,
+`bench_gfk.py`; `--help`).
 Results are written as JSON (and the printed tables as `summary.md`) under `--out`.
 """
 
@@ -26,7 +32,9 @@ import torch  # noqa: E402
 from _common import machine_info, write_json  # noqa: E402
 
 ALL = bench_steps.DEFAULT_METHODS
-QUICK_VITB32 = ["ft", "lwf", "vr_lwf", "vr_lwf_pool", "naive_lwf", "naive_vr_lwf"]
+QUICK_VITB32 = ["ft", "lwf", "vr_lwf", "naive_lwf", "naive_vr_lwf"]
+# Peak memory with gradient checkpointing in the student, the knob for VR-LwF's pseudo-text activations.
+MEMORY_GC = ["ft_gc", "vr_lwf_gc"]
 
 
 def plan(mode: str) -> list[tuple[str, dict]]:
@@ -52,21 +60,25 @@ def plan(mode: str) -> list[tuple[str, dict]]:
         ]
     quick = mode == "quick"
     return [
-        ("steps", {"model_name": "tiny", "batch_sizes": [16, 64], "precision": "fp32", "rounds": 7 if quick else 11,
+        ("steps", {"model_name": "tiny", "batch_sizes": [16, 64], "precision": "fp32", "rounds": 5 if quick else 11,
                    "warmup": 2, "inner": 3 if quick else 5, "methods": ALL, "pool_size": 1000}),
         ("memory", {"model_name": "tiny", "batch_size": 16, "precision": "fp32", "methods": bench_memory.DEFAULT_METHODS,
                     "pool_size": 1000}),
         ("eval", {"model_name": "tiny", "num_images": 256, "batch_size": 64, "precision": "fp32",
                   "rounds": 5 if quick else 7, "warmup": 1, "num_workers": [0]}),
-        ("steps", {"model_name": "vitb32", "batch_sizes": [16] if quick else [16, 64], "precision": "fp32",
-                   "rounds": 2 if quick else 3, "warmup": 1, "inner": 1,
-                   "methods": QUICK_VITB32 if quick else ALL, "pool_size": 200 if quick else 1000}),
+        ("steps", {"model_name": "vitb32", "batch_sizes": [8] if quick else [16], "precision": "fp32",
+                   "rounds": 2 if quick else 5, "warmup": 1, "inner": 1,
+                   "methods": QUICK_VITB32 if quick else ALL, "pool_size": 1000}),
         ("memory", {"model_name": "vitb32", "batch_size": 16, "precision": "fp32",
-                    "methods": ["ft", "lwf", "vr_lwf"] if quick else bench_memory.DEFAULT_METHODS,
-                    "pool_size": 200 if quick else 1000}),
-        ("eval", {"model_name": "vitb32", "num_images": 32 if quick else 64, "batch_size": 32, "precision": "fp32",
-                  "rounds": 2 if quick else 3, "warmup": 1, "num_workers": [0]}),
-    ]
+                    "methods": ["ft", "lwf", "vr_lwf"] if quick else bench_memory.DEFAULT_METHODS + MEMORY_GC,
+                    "pool_size": 1000}),
+        ("eval", {"model_name": "vitb32", "num_images": 16 if quick else 64, "batch_size": 16 if quick else 32,
+                  "precision": "fp32", "rounds": 2 if quick else 3, "warmup": 1, "num_workers": [0]}),
+        ("gfk", {}),
+        ("flops", {"model_name": "tiny", "batch_size": 16, "methods": ALL, "pool_size": 1000}),
+    ] + ([] if quick else [
+        ("flops", {"model_name": "vitb32", "batch_size": 16, "methods": ALL, "pool_size": 1000}),
+    ])
 
 
 def main(argv=None):
@@ -75,7 +87,10 @@ def main(argv=None):
     mode.add_argument("--quick", action="store_true", help="CPU, short")
     mode.add_argument("--gpu", action="store_true", help="on the CUDA device")
     p.add_argument("--only", nargs="+", default=None, help="run only these entries of the plan (by index)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=2, help="CPU memory entries: fresh processes measured at once")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                   help="batch sizes of the ViT-B/32 step entries (instead of the plan's)")
     p.add_argument("--out", default=os.environ.get("OUT") or "runs/benchmarks")
     p.add_argument("--budget-s", type=float, default=None, help="skip the remaining entries after this many seconds")
     a = p.parse_args(argv)
@@ -83,7 +98,7 @@ def main(argv=None):
     device = torch.device("cuda" if m == "gpu" else "cpu")
     if m == "gpu" and not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device.")
-    if a.threads:
+    if a.threads and m != "gpu":
         torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,17 +132,25 @@ def main(argv=None):
 def run_entry(kind: str, kw: dict, device, a):
     if kind == "steps":
         kw = dict(kw)
+        if a.batch_sizes and kw["model_name"] == "vitb32":
+            kw["batch_sizes"] = a.batch_sizes
         res = bench_steps.bench(kw.pop("model_name"), kw.pop("batch_sizes"), device, **kw)
         text = bench_steps.table(res)
     elif kind == "memory":
         kw = dict(kw)
-        res = bench_memory.bench(kw.pop("model_name"), kw.pop("batch_size"), device, threads=a.threads or 0,
-                                 **kw)
+        res = bench_memory.bench(kw.pop("model_name"), kw.pop("batch_size"), device,
+                                 threads=0 if a.gpu else a.threads, jobs=a.jobs, **kw)
         text = bench_memory.table(res)
     elif kind == "eval":
         kw = dict(kw)
         res = bench_eval.bench(kw.pop("model_name"), kw.pop("num_images"), kw.pop("batch_size"), device, **kw)
         text = bench_eval.table(res)
+    elif kind == "flops":
+        import bench_flops
+
+        kw = dict(kw)
+        res = bench_flops.bench(kw.pop("model_name"), kw.pop("batch_size"), device, **kw)
+        text = bench_flops.table(res)
     elif kind == "gfk":
         import bench_gfk
 

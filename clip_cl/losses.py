@@ -2,7 +2,8 @@
 
 - [`kd_kl_loss`]: knowledge-distillation KL divergence `T^2 * KL(softmax(t/T) || softmax(s/T))` (LwF and VR-LwF).
 - [`sample_pseudo_tokens`]: VR-LwF's random pseudo-class token sequences `[bos, w_1..w_L, eos]`.
-- [`pca_basis`], [`gfk_matrix`], [`geodesic_distillation_loss`]: GeoDL's geodesic-flow-kernel distillation.
+- [`pca_basis`], [`gfk_matrix`] / [`gfk_factors`] / [`gfk_bilinear`], [`geodesic_distillation_loss`]: GeoDL's
+  geodesic-flow-kernel distillation.
 
 Formulas and references are in `docs/methods/lwf.md`, `docs/methods/vr_lwf.md` and `docs/methods/geodl.md`.
 """
@@ -23,6 +24,8 @@ __all__ = [
     "resolve_subspace_dim",
     "pca_basis",
     "gfk_matrix",
+    "gfk_factors",
+    "gfk_bilinear",
     "geodesic_distillation_loss",
 ]
 
@@ -124,19 +127,41 @@ def resolve_subspace_dim(num_samples: int, feature_dim: int, subspace_dim: int |
 
 
 def pca_basis(features: torch.Tensor, dim: int, center: bool = True) -> torch.Tensor:
-    """Orthonormal basis `[D, dim]` of the top-`dim` principal directions of `features` `[n, D]` (PCA by SVD).
+    """Orthonormal basis `[D, dim]` of the top-`dim` principal directions of `features` `[n, D]`.
+
+    Computed from the eigenvectors of the smaller of the two Gram matrices (`x x^T`, n x n, when `n <= D`; else the
+    `D x D` scatter matrix): the same subspace as an SVD of `x`, at about half the cost of the SVD on GPU and CPU
+    (`benchmarks/bench_gfk.py`). Through `x x^T` the basis is `x^T v_i / sqrt(lambda_i)`, accurate only while the
+    kept eigenvalues are well above rounding; when the data are (numerically) rank-deficient in the kept directions
+    (e.g. repeated samples in a batch) the SVD of `x` is used instead. Use float64 for accuracy.
 
     Args:
-        features (`torch.Tensor`): `[n, D]` samples in rows, or `[..., n, D]` for a batch of sets (one SVD call).
-        dim (`int`): number of directions kept.
+        features (`torch.Tensor`): `[n, D]` samples in rows, or `[..., n, D]` for a batch of sets (batched calls).
+        dim (`int`): number of directions kept (`1 <= dim <= min(n, D)`).
         center (`bool`, defaults to `True`): subtract the mean sample first (PCA); `False` spans the raw samples.
 
     Returns:
         `torch.Tensor`: `[D, dim]` (or `[..., D, dim]`) with orthonormal columns, in the dtype of `features`.
     """
     x = features - features.mean(-2, keepdim=True) if center else features
-    _, _, vh = torch.linalg.svd(x, full_matrices=False)
-    return vh[..., :dim, :].transpose(-2, -1)
+    n, size = x.shape[-2:]
+    xt = x.transpose(-2, -1)
+    if n > size:  # eigenvectors of the D x D scatter matrix are the basis itself
+        _, vecs = torch.linalg.eigh(xt @ x)  # ascending eigenvalues
+        return vecs[..., -dim:].flip(-1)
+    vals, vecs = torch.linalg.eigh(x @ xt)
+    vals, vecs = vals[..., -dim:].flip(-1), vecs[..., -dim:].flip(-1)
+    # x^T v / sqrt(lambda) loses orthonormality as lambda nears rounding noise of the largest eigenvalue (one host
+    # synchronisation to check; the SVD it replaces synchronises several times).
+    if bool((vals[..., -1] <= _GRAM_RTOL * vals[..., 0].clamp_min(torch.finfo(x.dtype).tiny)).any()):
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        return vh[..., :dim, :].transpose(-2, -1)
+    return (xt @ vecs) / vals.sqrt().unsqueeze(-2)
+
+
+# Smallest kept eigenvalue of x x^T, relative to the largest, for which x^T v / sqrt(lambda) is used (float64: the
+# basis is then accurate to ~eps / rtol = 1e-8, below the float32 the loss is computed in).
+_GRAM_RTOL = 1e-8
 
 
 def _gfk_coefficients(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -173,6 +198,19 @@ def gfk_matrix(source_basis: torch.Tensor, target_basis: torch.Tensor) -> torch.
     Returns:
         `torch.Tensor`: `[D, D]` positive semi-definite kernel, in the inputs' dtype (use float64 for accuracy).
     """
+    a, q, k1, k2, k3 = gfk_factors(source_basis, target_basis)
+    cross = (a * k2) @ q.transpose(0, 1)
+    return (a * k1) @ a.transpose(0, 1) + cross + cross.transpose(0, 1) + (q * k3) @ q.transpose(0, 1)
+
+
+def gfk_factors(
+    source_basis: torch.Tensor, target_basis: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The factors of [`gfk_matrix`]: `(A, Q, k1, k2, k3)` with `G = A K_1 A^T + A K_2 Q^T + Q K_2 A^T + Q K_3 Q^T`.
+
+    `A`, `Q` are `[D, d]`, `k1..k3` the `[d]` diagonals. Quadratic forms `u^T G v` computed from `u^T A`, `u^T Q`
+    cost `O(n D d)` instead of forming the `D x D` kernel ([`gfk_bilinear`]).
+    """
     ps, pt = source_basis, target_basis
     if ps.shape != pt.shape:
         raise ValueError(f"source and target bases must have the same shape, got {tuple(ps.shape)} and "
@@ -183,9 +221,15 @@ def gfk_matrix(source_basis: torch.Tensor, target_basis: torch.Tensor) -> torch.
     ptv = pt @ v
     a = ps @ u1
     q = ptv - ps @ (ps.transpose(0, 1) @ ptv)
-    k1, k2, k3 = _gfk_coefficients(theta)
-    cross = (a * k2) @ q.transpose(0, 1)
-    return (a * k1) @ a.transpose(0, 1) + cross + cross.transpose(0, 1) + (q * k3) @ q.transpose(0, 1)
+    return (a, q, *_gfk_coefficients(theta))
+
+
+def gfk_bilinear(u: torch.Tensor, v: torch.Tensor, factors) -> torch.Tensor:
+    """Row-wise `u_i^T G v_i` for `[n, D]` `u`, `v` and the [`gfk_factors`] of `G` (same dtype), as `[n]`."""
+    a, q, k1, k2, k3 = factors
+    ua, uq = u @ a, u @ q
+    va, vq = (ua, uq) if v is u else (v @ a, v @ q)
+    return (k1 * ua * va + k2 * (ua * vq + uq * va) + k3 * uq * vq).sum(-1)
 
 
 def geodesic_distillation_loss(
@@ -233,12 +277,13 @@ def geodesic_distillation_loss(
         return (s * 0.0).sum()
     with torch.autocast(device_type=s.device.type, enabled=False):
         with torch.no_grad() if detach_kernel else contextlib.nullcontext():
-            bases = pca_basis(torch.stack([s, t]).double(), d, center)  # both subspaces in one SVD call
-            kernel = gfk_matrix(bases[0], bases[1]).float()
+            bases = pca_basis(torch.stack([s, t]).double(), d, center)  # both subspaces in one call
+            factors = tuple(f.float() for f in gfk_factors(bases[0], bases[1]))
+        # The kernel stays factored: u^T G v from the [n, d] projections, never the [D, D] matrix.
         if form == "distance":
             diff = s - t
-            return ((diff @ kernel) * diff).sum(-1).mean()
-        num = ((s @ kernel) * t).sum(-1)
-        ss = ((s @ kernel) * s).sum(-1).clamp_min(1e-12)
-        tt = ((t @ kernel) * t).sum(-1).clamp_min(1e-12)
+            return gfk_bilinear(diff, diff, factors).mean()
+        num = gfk_bilinear(s, t, factors)
+        ss = gfk_bilinear(s, s, factors).clamp_min(1e-12)
+        tt = gfk_bilinear(t, t, factors).clamp_min(1e-12)
         return (1.0 - num / torch.sqrt(ss * tt)).mean()

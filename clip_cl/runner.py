@@ -219,8 +219,9 @@ def _session_args(config: CLIPCLConfig, session_dir: Path, session: int) -> CLIP
 def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
     """The newest Trainer checkpoint in `folder` that was written to the end.
 
-    The Trainer writes `trainer_state.json` last, so a checkpoint without it was interrupted (killed, disk full) and is
-    skipped; the previous one is still there because old checkpoints are rotated out only after a new one is complete.
+    The Trainer writes `trainer_state.json` last, so a checkpoint without it, or with a state cut short (killed while
+    writing it), was interrupted (killed, disk full) and is skipped; the previous one is still there because old
+    checkpoints are rotated out only after a new one is complete.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -228,9 +229,16 @@ def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
     found = []
     for path in folder.glob("checkpoint-*"):
         step = path.name.rsplit("-", 1)[-1]
-        if step.isdigit() and (path / "trainer_state.json").is_file():
+        if step.isdigit() and _complete_trainer_state(path / "trainer_state.json"):
             found.append((int(step), path))
     return str(max(found)[1]) if found else None
+
+
+def _complete_trainer_state(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text()).get("global_step"), int)
+    except (OSError, ValueError, AttributeError):  # missing, cut short, not an object
+        return False
 
 
 def _save_model(model: CLIPModel, processor, path: Path) -> None:

@@ -9,6 +9,8 @@ from scipy.special import roots_legendre
 from clip_cl.losses import (
     allowed_token_ids,
     geodesic_distillation_loss,
+    gfk_bilinear,
+    gfk_factors,
     gfk_matrix,
     kd_kl_loss,
     pca_basis,
@@ -170,6 +172,43 @@ def test_pca_basis_spans_scipy_principal_subspace():
     raw = pca_basis(torch.from_numpy(x), 4, center=False).numpy()
     ref_raw = sl.svd(x, full_matrices=False)[2][:4].T
     np.testing.assert_allclose(raw @ raw.T, ref_raw @ ref_raw.T, atol=1e-10)
+
+
+@pytest.mark.parametrize("n, dim, d", [(30, 12, 4), (8, 40, 6), (100, 512, 98), (64, 64, 62)])
+def test_pca_basis_eigh_routes_span_the_svd_subspace(n, dim, d):
+    """Both eigh routes (n x n Gram for n <= D, D x D scatter for n > D) give an orthonormal basis of the subspace
+    an SVD gives."""
+    rng = np.random.default_rng(n * dim)
+    x = rng.standard_normal((n, dim)) @ np.diag(np.linspace(2, 0.2, dim))
+    basis = pca_basis(torch.from_numpy(x), d).numpy()
+    ref = sl.svd(x - x.mean(0), full_matrices=False)[2][:d].T
+    np.testing.assert_allclose(basis.T @ basis, np.eye(d), atol=1e-9)
+    np.testing.assert_allclose(basis @ basis.T, ref @ ref.T, atol=1e-8)
+    batched = pca_basis(torch.from_numpy(np.stack([x, 2 * x])), d).numpy()
+    for b in batched:
+        np.testing.assert_allclose(b @ b.T, ref @ ref.T, atol=1e-8)
+
+
+def test_pca_basis_rank_deficient_batch_stays_orthonormal():
+    """Repeated samples leave fewer directions than kept: the basis is still orthonormal (SVD fallback) and holds
+    the data's span."""
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((5, 32))
+    x = torch.from_numpy(np.concatenate([rows, rows]))  # 10 samples, rank 5 (4 after centring)
+    basis = pca_basis(x, 8)
+    assert torch.allclose(basis.T @ basis, torch.eye(8, dtype=basis.dtype), atol=1e-9)
+    centred = x - x.mean(0)
+    assert torch.allclose(centred @ basis @ basis.T, centred, atol=1e-9)
+
+
+def test_gfk_bilinear_equals_the_formed_kernel():
+    rng = np.random.default_rng(4)
+    ps, pt = (torch.from_numpy(random_basis(rng, 20, 6)) for _ in range(2))
+    u, v = torch.from_numpy(rng.standard_normal((7, 20))), torch.from_numpy(rng.standard_normal((7, 20)))
+    g = gfk_matrix(ps, pt)
+    factors = gfk_factors(ps, pt)
+    assert torch.allclose(gfk_bilinear(u, v, factors), ((u @ g) * v).sum(-1), atol=1e-12)
+    assert torch.allclose(gfk_bilinear(u, u, factors), ((u @ g) * u).sum(-1), atol=1e-12)
 
 
 @pytest.mark.parametrize("n, dim, d, expected", [(100, 512, None, 98), (4, 64, None, 2), (2, 64, None, 1),

@@ -117,3 +117,19 @@ def test_eval_command_writes_results(tmp_path):
                      "--update_dataset", json.dumps({"name": "fm", "path": str(DATA / "fashion_mnist")}),
                      "--zero_shot_datasets", "[]", "--retrieval_datasets", "[]"])
     assert json.loads((out / "eval_results.json").read_text())["eval"]["ut"]["num_images"] == res["eval"]["ut"]["num_images"]
+
+
+def test_checkpoint_with_a_state_cut_short_is_not_resumed_from(tmp_path):
+    """SIGKILL while the Trainer writes `trainer_state.json` leaves the file empty or cut short: resuming must go back
+    to the previous complete checkpoint instead of failing on the JSON."""
+    from clip_cl.runner import last_complete_checkpoint
+
+    for step, state in [(4, '{"global_step": 4, "log_history": []}'), (8, ""), (12, '{"global_step": 1'),
+                        (16, None)]:
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        if state is not None:
+            (ckpt / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("[]")
+    assert last_complete_checkpoint(tmp_path) is None

@@ -1,0 +1,75 @@
+"""The benchmark scripts still run against the current API and print their ratios (smoke tests on the tiny model:
+one round, a few methods; nothing here asserts a timing)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+CPU = torch.device("cpu")
+
+
+def test_bench_steps_prints_ratios_to_ft_floor_and_naive():
+    import bench_steps
+
+    res = bench_steps.bench("tiny", [4], CPU, "fp32", rounds=1, warmup=1, inner=1,
+                            methods=["ft", "lwf", "vr_lwf", "vr_lwf_pool", "imm", "naive_vr_lwf"], pool_size=200,
+                            log=lambda *a: None)
+    rows = res["batches"][4]["rows"]
+    assert {"ft", "lwf", "vr_lwf", "vr_lwf_pool", "imm", "naive_vr_lwf", "floor_pseudo", "teacher_fwd",
+            "teacher_pseudo_fwd"} <= set(rows)
+    assert rows["ft"]["vs_ft"] == pytest.approx(1.0)
+    assert rows["lwf"]["floor_parts"] == ["ft", "teacher_fwd"] and rows["lwf"]["vs_floor"] > 0
+    assert rows["vr_lwf"]["floor_parts"] == ["floor_pseudo", "teacher_fwd"]
+    assert "naive_over_ours" in rows["naive_vr_lwf"] and "met" in rows["imm"]
+    assert res["imm_merge_s"] >= 0
+    text = bench_steps.table(res)
+    assert "| vr_lwf |" in text and "naive/ours" in text
+
+
+def test_bench_memory_in_process_and_gc_variant():
+    import bench_memory
+
+    row = bench_memory.run_one("vr_lwf_gc", "tiny", 4, CPU, "fp32", pool_size=8)
+    assert row["seconds_2_steps"] > 0 and row["rss_after_model_mb"] > 0
+    assert bench_memory.run_one("nope", "tiny", 4, CPU, "fp32", pool_size=8) == {"skipped": "not available"}
+
+
+def test_bench_eval_and_gfk_print_tables():
+    import bench_eval
+    import bench_gfk
+
+    res = bench_eval.bench("tiny", num_images=8, batch_size=4, device=CPU, precision="fp32", rounds=1, warmup=1,
+                           num_workers=[0], log=lambda *a: None)
+    assert res["rows"]["evaluate_w0"]["vs_encoders"] > 0 and "met" in res["rows"]["evaluate_w0"]
+    assert "evaluate_w0" in bench_eval.table(res)
+    gfk = bench_gfk.bench(CPU, sizes=(8,), dim=16, reps=1, log=lambda *a: None)
+    # the three routes compute the same loss
+    assert all(v["rel_diff_vs_current"] < 1e-5 for v in gfk.values())
+    assert "before_svd_formed_kernel" in bench_gfk.table(gfk)
+
+
+def test_run_all_plans_name_known_benchmarks():
+    import run_all
+
+    for mode in ("quick", "full", "gpu"):
+        kinds = [kind for kind, _ in run_all.plan(mode)]
+        assert set(kinds) <= {"steps", "memory", "eval", "gfk", "profile", "gpu", "flops"}
+
+
+def test_bench_flops_floors_are_exact():
+    """FLOPs are deterministic: LwF's step is exactly FT + the teacher's image forward, VR-LwF's with a pool exactly
+    its floor, fresh VR-LwF exactly that + the teacher's pseudo-text forward; the naive LwF re-encodes the prompts."""
+    import bench_flops
+
+    res = bench_flops.bench("tiny", 4, CPU, ["ft", "lwf", "vr_lwf", "vr_lwf_pool", "naive_lwf"], pool_size=200,
+                            log=lambda *a: None)
+    rows = res["rows"]
+    assert rows["lwf"]["vs_floor"] == pytest.approx(1.0, abs=1e-3)
+    assert rows["vr_lwf_pool"]["vs_floor"] == pytest.approx(1.0, abs=1e-3)
+    assert rows["vr_lwf"]["vs_floor_with_teacher_text"] == pytest.approx(1.0, abs=1e-3)
+    assert rows["naive_lwf"]["vs_floor"] > 1.01
+    assert "| lwf |" in bench_flops.table(res)
