@@ -73,3 +73,12 @@ def test_bench_flops_floors_are_exact():
     assert rows["vr_lwf"]["vs_floor_with_teacher_text"] == pytest.approx(1.0, abs=1e-3)
     assert rows["naive_lwf"]["vs_floor"] > 1.01
     assert "| lwf |" in bench_flops.table(res)
+
+
+def test_bench_text_call_and_right_padding_never_reaches_the_pooled_feature():
+    import bench_text_call
+
+    res = bench_text_call.bench("tiny", CPU, rounds=1, num_pseudo=8, log=lambda *a: None)
+    assert res["shapes"]["one_call"][0] == res["shapes"]["prompts"][0] + 8
+    assert res["max_abs_diff_no_mask"] < 1e-6  # CLIP's text tower is causal and pools at the first end-of-text
+    assert res["one_over_two"] > 0 and res["no_mask_over_two"] > 0
