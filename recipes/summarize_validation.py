@@ -2,6 +2,11 @@
 each method keeps, and how much of FT's updated-task accuracy it reaches.
 
     python recipes/summarize_validation.py runs/validation
+    python recipes/summarize_validation.py runs/validation runs/validation_vr_lambda --group-by vr_lambda
+
+Several folders are read together (FT's runs in one serve as the reference of the others). `--group-by KEY ...` keeps
+runs whose configs differ in those keys apart (e.g. VR-LwF at several `vr_lambda`), naming them `method (KEY=value)`;
+runs whose config has no such key (FT) are grouped as before.
 
 For every OST/MST x variant x method (means over seeds, sample std when several):
   UT-Acc                  final updated-task accuracy (%)
@@ -12,10 +17,11 @@ For every OST/MST x variant x method (means over seeds, sample std when several)
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -31,16 +37,27 @@ def _kept(after: float, before: float, chance: float) -> float:
     return 100.0 * (after - chance) / (before - chance)
 
 
-def summarize(root: Path) -> str:
+def _results(roots: Sequence[Path]):
+    for root in roots:
+        if not root.is_dir():
+            raise SystemExit(f"{root} is not a folder of runs (results.json files below it).")
+        for path in sorted(root.rglob("results.json")):
+            yield json.loads(path.read_text())
+
+
+def summarize(roots: Path | Sequence[Path], group_by: Sequence[str] = ()) -> str:
+    roots = [roots] if isinstance(roots, Path) else list(roots)
     groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     names: dict[str, str] = {}
-    for path in sorted(root.rglob("results.json")):
-        r = json.loads(path.read_text())
+    for r in _results(roots):
         if r.get("status") != "complete" or not r.get("before"):
             continue
         before, after = r["before"], r["sessions"][-1]["eval"]
-        key = (r["protocol"], r["variant"], r["method"])
-        names[r["method"]] = r["method_display"]
+        config = r.get("config", {})
+        extra = ", ".join(f"{k}={config[k]}" for k in group_by if k in config)
+        method = f"{r['method']} ({extra})" if extra else r["method"]
+        key = (r["protocol"], r["variant"], method)
+        names[method] = f"{r['method_display']} ({extra})" if extra else r["method_display"]
         g = groups[key]
         g["ut"].append(after["ut"]["acc"])
         n_classes = {d["name"]: len(d["class_names"]) for d in r["splits"]["zero_shot"]}
@@ -66,5 +83,15 @@ def summarize(root: Path) -> str:
     return "\n".join(lines)
 
 
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folders", nargs="*", type=Path, default=[Path("runs/validation")],
+                   help="folders of runs (default: runs/validation)")
+    p.add_argument("--group-by", nargs="+", default=[], metavar="KEY",
+                   help="config keys whose values keep runs apart (e.g. vr_lambda)")
+    a = p.parse_args(argv)
+    print(summarize(a.folders, a.group_by))
+
+
 if __name__ == "__main__":
-    print(summarize(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/validation")))
+    main()
