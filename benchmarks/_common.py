@@ -263,6 +263,30 @@ class StepRunner:
         self.optimizer.zero_grad(set_to_none=True)
 
 
+def standalone_spec(name: str, pool_size: int = 1000) -> tuple[Any, Any, dict[str, Any]] | None:
+    """`(config class, trainer class, overrides)` of `name` run on its own (building its own teacher), or None when
+    the method is not available. ZSCL then distils from a copy of the student, like the other methods' teachers."""
+    specs = method_specs()
+    if name not in specs:
+        return None
+    config_cls, trainer_cls, overrides = specs[name]
+    overrides = dict(overrides)
+    if name == "vr_lwf_pool":
+        overrides["vr_pool_size"] = pool_size
+    if name == "zscl":
+        overrides["zscl_teacher"] = "previous"
+    return config_cls, trainer_cls, overrides
+
+
+def standalone_step(spec: tuple[Any, Any, dict[str, Any]], model, processor, batch_size: int, device,
+                    precision: str) -> StepRunner:
+    """A [`StepRunner`] of a fresh trainer of `spec` ([`standalone_spec`]) on `model` and a fixed batch."""
+    config_cls, trainer_cls, overrides = spec
+    trainer = make_trainer(config_cls, trainer_cls, model, processor,
+                           {**base_args(device, batch_size, precision), **overrides})
+    return StepRunner(trainer, fixed_batch(trainer.model, batch_size, device))
+
+
 # ---------------------------------------------------------------------------------------------------------- output
 def fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import argparse
 
+import bench_steps
 import torch
 from _common import fmt_ratio, machine_info, markdown_table, pick_device, write_json
+from bench_steps import FLOORS
 from torch.utils.flop_counter import FlopCounterMode
-
-FLOORS = {  # name -> the cases whose sum is its floor (as in bench_steps.summarise)
-    **{m: ["ft", "teacher_fwd"] for m in ("lwf", "geodl", "geodl_host", "zscl", "zscl_no_l2", "naive_lwf")},
-    **{m: ["floor_pseudo", "teacher_fwd"] for m in ("vr_lwf", "vr_lwf_pool", "naive_vr_lwf")},
-}
 
 
 def count(fn) -> int:
@@ -31,8 +28,6 @@ def count(fn) -> int:
 
 
 def bench(model_name: str, batch_size: int, device, methods: list[str], pool_size: int, log=print) -> dict:
-    import bench_steps
-
     trainers, _, ref, pseudo, text_features = bench_steps.build_cases(model_name, device, "fp32", methods,
                                                                       pool_size, [batch_size])
     batch = bench_steps.fixed_batch(trainers["ft"].model, batch_size, device)
@@ -68,8 +63,6 @@ def table(res: dict) -> str:
 
 
 def main(argv=None):
-    import bench_steps
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny", choices=["tiny", "vitb32"])
     p.add_argument("--batch-size", type=int, default=16)

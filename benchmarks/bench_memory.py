@@ -52,26 +52,17 @@ def run_one(method: str, model_name: str, batch_size: int, device, precision: st
     import torch
     from _common import (
         StepRunner,
-        base_args,
         build_model,
-        fixed_batch,
         free_memory,
-        make_trainer,
-        method_specs,
+        standalone_spec,
+        standalone_step,
     )
 
     cuda = torch.device(device).type == "cuda"
-    specs = method_specs()
     checkpointing = method.endswith(GC_SUFFIX)
-    method = method[:-len(GC_SUFFIX)] if checkpointing else method
-    if method not in specs:
+    spec = standalone_spec(method[:-len(GC_SUFFIX)] if checkpointing else method, pool_size)
+    if spec is None:
         return {"skipped": "not available"}
-    config_cls, trainer_cls, overrides = specs[method]
-    overrides = dict(overrides)
-    if method == "vr_lwf_pool":
-        overrides["vr_pool_size"] = pool_size
-    if method == "zscl":
-        overrides["zscl_teacher"] = "previous"  # a copy of the student, like the other methods' teachers
     StepRunner.reset()
     if cuda:
         free_memory(device)
@@ -81,10 +72,7 @@ def run_one(method: str, model_name: str, batch_size: int, device, precision: st
     if checkpointing:  # what Trainer.train() does for `gradient_checkpointing=True` (the steps here bypass train())
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     rss_model = _rss_mb()
-    trainer = make_trainer(config_cls, trainer_cls, model, processor,
-                           {**base_args(device, batch_size, precision), **overrides})
-    batch = fixed_batch(trainer.model, batch_size, device)
-    step = StepRunner(trainer, batch)
+    step = standalone_step(spec, model, processor, batch_size, device, precision)
     t0 = time.perf_counter()
     for _ in range(2):
         step()
@@ -93,7 +81,7 @@ def run_one(method: str, model_name: str, batch_size: int, device, precision: st
     out = {"seconds_2_steps": time.perf_counter() - t0}
     if cuda:
         out["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-        del step, trainer, model, batch
+        del step, model
         StepRunner.reset()
         free_memory(device)
         out["leftover_mb"] = (torch.cuda.memory_allocated(device) - base) / 2**20

@@ -10,13 +10,11 @@ import argparse
 import torch
 from _common import (
     StepRunner,
-    base_args,
     build_model,
-    fixed_batch,
     free_memory,
-    make_trainer,
-    method_specs,
     pick_device,
+    standalone_spec,
+    standalone_step,
     sync,
 )
 from torch.profiler import ProfilerActivity, profile
@@ -27,22 +25,15 @@ def profile_steps(model_name: str, batch_size: int, device, precision: str, meth
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    specs = method_specs()
     out = {}
     for name in methods:
-        if name not in specs:
+        spec = standalone_spec(name, pool_size)
+        if spec is None:
+            log(f"[profile] {name}: not a benchmarked method here (LoRA needs peft); skipped")
             continue
         StepRunner.reset()
-        config_cls, trainer_cls, overrides = specs[name]
-        overrides = dict(overrides)
-        if name == "vr_lwf_pool":
-            overrides["vr_pool_size"] = pool_size
-        if name == "zscl":
-            overrides["zscl_teacher"] = "previous"
         model, processor = build_model(model_name)
-        tr = make_trainer(config_cls, trainer_cls, model, processor,
-                          {**base_args(device, batch_size, precision), **overrides})
-        step = StepRunner(tr, fixed_batch(tr.model, batch_size, device))
+        step = standalone_step(spec, model, processor, batch_size, device, precision)
         for _ in range(2):
             step()
         sync(device)
@@ -53,7 +44,7 @@ def profile_steps(model_name: str, batch_size: int, device, precision: str, meth
         text = prof.key_averages().table(sort_by=sort, row_limit=row_limit, max_name_column_width=60)
         out[name] = text
         log(f"[profile] {model_name} batch {batch_size} {name} ({steps} steps, sorted by {sort}):\n{text}")
-        del step, tr, model
+        del step, model
         StepRunner.reset()
         free_memory(device)
     return out
@@ -114,25 +105,22 @@ def count_ops(model_name: str, batch_size: int, methods: list[str], log=print) -
     """ATen operators dispatched by one step of each method (CPU; on GPU each is at least one kernel launch), as
     counted by `torch.profiler` (operators called by other operators are not counted twice)."""
     device = torch.device("cpu")
-    specs = method_specs()
     out = {}
     for name in methods:
+        spec = standalone_spec(name)
+        if spec is None:
+            log(f"[ops] {name}: not a benchmarked method here (LoRA needs peft); skipped")
+            continue
         StepRunner.reset()
-        config_cls, trainer_cls, overrides = specs[name]
-        overrides = dict(overrides)
-        if name == "zscl":
-            overrides["zscl_teacher"] = "previous"
         model, processor = build_model(model_name)
-        tr = make_trainer(config_cls, trainer_cls, model, processor,
-                          {**base_args(device, batch_size, "fp32"), **overrides})
-        step = StepRunner(tr, fixed_batch(tr.model, batch_size, device))
+        step = standalone_step(spec, model, processor, batch_size, device, "fp32")
         step()
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
         top = [e for e in prof.events() if e.name.startswith("aten::") and not _has_aten_parent(e)]
         out[name] = len(top)
         log(f"[ops] {model_name} {name}: {len(top)} top-level ATen operators per step")
-        del step, tr, model
+        del step, model
     StepRunner.reset()
     return out
 

@@ -1,13 +1,14 @@
 """Run every clip-cl benchmark and print the ratios, with whether each target of issue #7 is met.
 
     python benchmarks/run_all.py --quick            # CPU: every method on the tiny model, FT / LwF / VR-LwF on ViT-B/32
-                                                    #      shapes (about 7 minutes on an idle 2-core machine)
+                                                    #      shapes (7 min 45 s on an idle 2-core machine)
     python benchmarks/run_all.py                    # CPU: every method on ViT-B/32 shapes at batch 16 (and 64 with
-                                                    #      --batch-sizes 16 64): about 25 minutes per batch size
+                                                    #      --batch-sizes 16 64): its ViT-B/32 entries took 34 min
+                                                    #      (the step table 17 of them; batch 64 about 4x that)
     python benchmarks/run_all.py --gpu              # GPU: throughput/MFU, Trainer vs bare loop, every method, bf16
 
-On CPU every timing uses one torch thread and this process's CPU time (`--threads 1`, the default): the numbers then
-barely move with other jobs on the machine.
+On CPU every timing uses one torch thread and this process's CPU time (`--threads 1`, the default), which other jobs
+on the machine move far less than wall time (still 10-35 % between rounds on a 2-core VM: read the `spread` column).
 
 Each benchmark also runs alone (`bench_steps.py`, `bench_flops.py`, `bench_memory.py`, `bench_eval.py`, `bench_gpu.py`,
 `bench_gfk.py`; `--help`).
