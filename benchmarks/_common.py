@@ -7,6 +7,7 @@ an explicit `data_collator`.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import gc
 import json
@@ -288,6 +289,18 @@ def standalone_step(spec: tuple[Any, Any, dict[str, Any]], model, processor, bat
 
 
 # ---------------------------------------------------------------------------------------------------------- output
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` of the benchmark scripts: the module docstring as written, and every option's default (also of the
+    options without a help text, which argparse would otherwise list bare)."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        if action.help is None and action.option_strings:
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        super().add_argument(action)
+
+
+
 def fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 

@@ -23,6 +23,7 @@ import contextlib
 import torch
 from _common import (
     CLASS_NAMES,
+    HelpFormatter,
     build_model,
     default_clock,
     fmt_ms,
@@ -144,7 +145,7 @@ def table(res: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="tiny", choices=["tiny", "vitb32"])
     p.add_argument("--num-images", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=64)

@@ -16,7 +16,14 @@ import argparse
 
 import bench_steps
 import torch
-from _common import fmt_ratio, machine_info, markdown_table, pick_device, write_json
+from _common import (
+    HelpFormatter,
+    fmt_ratio,
+    machine_info,
+    markdown_table,
+    pick_device,
+    write_json,
+)
 from bench_steps import FLOORS
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -63,7 +70,7 @@ def table(res: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="tiny", choices=["tiny", "vitb32"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")

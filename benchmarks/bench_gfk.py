@@ -12,7 +12,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import markdown_table, pick_device, sync
+from _common import HelpFormatter, markdown_table, pick_device, sync
 
 
 def _svd_pca_basis(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -22,7 +22,11 @@ def _svd_pca_basis(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def routes(s: torch.Tensor, t: torch.Tensor):
-    from clip_cl.losses import geodesic_distillation_loss, gfk_matrix, resolve_subspace_dim
+    from clip_cl.losses import (
+        geodesic_distillation_loss,
+        gfk_matrix,
+        resolve_subspace_dim,
+    )
 
     d = resolve_subspace_dim(*s.shape)
 
@@ -74,7 +78,7 @@ def table(res: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     print(table(bench(pick_device(a.device))))

@@ -22,6 +22,7 @@ import time
 import torch
 from _common import (
     CLASS_NAMES,
+    HelpFormatter,
     base_args,
     build_model,
     collate,
@@ -300,7 +301,7 @@ def table(res: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="vitb32", choices=["tiny", "vitb32"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=30)

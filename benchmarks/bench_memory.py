@@ -10,7 +10,7 @@ What is measured:
   allocator's reserve).
 
 A method name with the suffix `_gc` (`ft_gc`, `vr_lwf_gc`) runs that method with gradient checkpointing in the
-student (`gradient_checkpointing: true` in a recipe), the knob that trades recomputation for activation memory.
+student (`activation_checkpointing: true` in a recipe), the knob that trades recomputation for activation memory.
 
     python benchmarks/bench_memory.py --model vitb32 --batch-size 16 --methods ft lwf vr_lwf ft_gc vr_lwf_gc --jobs 2
 """
@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_METHODS = ["ft", "lwf", "vr_lwf", "vr_lwf_pool", "geodl", "zscl", "imm", "wise_ft", "rkr", "lora"]
-# `<method>_gc`: the same with gradient checkpointing in the student (`gradient_checkpointing: true` in a recipe).
+# `<method>_gc`: the same with activation (gradient) checkpointing in the student (`activation_checkpointing: true`).
 GC_SUFFIX = "_gc"
 
 
@@ -69,8 +69,9 @@ def run_one(method: str, model_name: str, batch_size: int, device, precision: st
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     model, processor = build_model(model_name)
-    if checkpointing:  # what Trainer.train() does for `gradient_checkpointing=True` (the steps here bypass train())
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if checkpointing:  # what Trainer.train() does for `activation_checkpointing: true` with
+        # `activation_checkpointing_kwargs: {use_reentrant: false}` (the steps here bypass train())
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     rss_model = _rss_mb()
     step = standalone_step(spec, model, processor, batch_size, device, precision)
     t0 = time.perf_counter()
@@ -170,7 +171,9 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
         return worker(argv[1:])
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from _common import HelpFormatter, machine_info, pick_device, write_json
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="tiny", choices=["tiny", "vitb32"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")
@@ -181,7 +184,6 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=1, help="CPU: fresh processes measured at the same time")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
-    from _common import machine_info, pick_device, write_json
 
     device = pick_device(a.device)
     res = bench(a.model, a.batch_size, device, a.precision, a.methods, a.pool_size, a.threads, a.jobs)

@@ -9,6 +9,7 @@ import argparse
 
 import torch
 from _common import (
+    HelpFormatter,
     StepRunner,
     build_model,
     free_memory,
@@ -79,7 +80,7 @@ def profile_eval(model_name: str, num_images: int, batch_size: int, device, prec
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="tiny", choices=["tiny", "vitb32"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto")

@@ -22,6 +22,7 @@ import torch
 from _common import (
     OWN_MODEL,
     TEACHER_METHODS,
+    HelpFormatter,
     StepRunner,
     base_args,
     build_model,
@@ -205,7 +206,7 @@ def table(results: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="tiny", choices=["tiny", "vitb32"])
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     p.add_argument("--device", default="auto")

@@ -10,8 +10,14 @@ from __future__ import annotations
 import argparse
 
 import torch
-
-from _common import CLASS_NAMES, build_model, markdown_table, pick_device, run_interleaved
+from _common import (
+    CLASS_NAMES,
+    HelpFormatter,
+    build_model,
+    markdown_table,
+    pick_device,
+    run_interleaved,
+)
 
 
 def bench(model_name: str, device, rounds: int = 3, num_pseudo: int = 100, log=print) -> dict:
@@ -51,7 +57,7 @@ def bench(model_name: str, device, rounds: int = 3, num_pseudo: int = 100, log=p
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model", default="vitb32", choices=["tiny", "vitb32"])
     p.add_argument("--device", default="auto")
     p.add_argument("--rounds", type=int, default=3)

@@ -30,7 +30,7 @@ import bench_eval  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_steps  # noqa: E402
 import torch  # noqa: E402
-from _common import machine_info, write_json  # noqa: E402
+from _common import HelpFormatter, machine_info, write_json  # noqa: E402
 
 ALL = bench_steps.DEFAULT_METHODS
 QUICK_VITB32 = ["ft", "lwf", "vr_lwf", "naive_lwf", "naive_vr_lwf"]
@@ -83,7 +83,7 @@ def plan(mode: str) -> list[tuple[str, dict]]:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="CPU, short")
     mode.add_argument("--gpu", action="store_true", help="on the CUDA device")

@@ -83,8 +83,12 @@ def summarize(roots: Path | Sequence[Path], group_by: Sequence[str] = ()) -> str
     return "\n".join(lines)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("folders", nargs="*", type=Path, default=[Path("runs/validation")],
                    help="folders of runs (default: runs/validation)")
     p.add_argument("--group-by", nargs="+", default=[], metavar="KEY",
