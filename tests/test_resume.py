@@ -66,3 +66,66 @@ def test_sigkill_mid_session_then_resume_equals_uninterrupted(tmp_path):
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["status"] == "complete"
     assert comparable(resumed) == comparable(json.loads((reference / "results.json").read_text()))
+
+
+# ---------------------------------------------------------------------------------------------------- per-step draws
+# The methods' own per-step randomness (ZSCL's reference images and texts, VR-LwF's pseudo-classes) must not depend on
+# a generator's running state, which a resumed process starts over: after resuming from a checkpoint, a trainer draws
+# what the uninterrupted one drew at the same steps, and ends with the same weights. Data without augmentation and
+# no dropout, so these draws are the only randomness.
+DRAW_SETTINGS = {
+    "zscl": dict(zscl_teacher="previous", zscl_text_features="student", zscl_texts_per_step=2,
+                 zscl_reference_texts=["a", "b c", "d", "e f g", "h"], zscl_reference_batch_size=3, zscl_wa_every=2),
+    "vr_lwf": dict(vr_num_pseudo_classes=3),
+}
+
+
+def _recording_trainer(method, model, processor, out, random_images):
+    from clip_cl.methods import get_method
+    from helpers import collate, trainer_args
+
+    spec = get_method(method)
+    args = trainer_args(spec.config_cls, out, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                        max_steps=6, save_strategy="steps", save_steps=2, save_total_limit=None, **DRAW_SETTINGS[method])
+    extra = {"reference_dataset": random_images(7, [0], seed=1)} if method == "zscl" else {}
+    trainer = spec.trainer_cls(model=model, args=args, train_dataset=random_images(12, [3, 7]),
+                               processing_class=processor, class_names=["cat", "dog"], class_ids=[3, 7],
+                               data_collator=collate, **extra)
+    trainer.draws = []
+
+    def record(name, fn):
+        def wrapped(*a, **kw):
+            out = fn(*a, **kw)
+            value = out["input_ids"] if isinstance(out, dict) else out
+            if value is not None:
+                trainer.draws.append((trainer.state.global_step, name, value.detach().cpu().clone()))
+            return out
+        return wrapped
+
+    trainer.extra_text_tokens = record("texts", trainer.extra_text_tokens)
+    if method == "zscl":
+        trainer.reference_batch = record("reference", trainer.reference_batch)
+    return trainer
+
+
+@pytest.mark.parametrize("method", sorted(DRAW_SETTINGS))
+def test_per_step_draws_after_resuming_equal_the_uninterrupted_ones(method, tmp_path, pristine_tiny, random_images):
+    import copy
+
+    import torch
+
+    model, processor = pristine_tiny
+    full = _recording_trainer(method, copy.deepcopy(model), processor, tmp_path / "run", random_images)
+    full.train()
+    expected = {n: p.detach().clone() for n, p in full.model.named_parameters()}
+    assert {step for step, _, _ in full.draws} == set(range(6))
+    for checkpoint in (2, 4):  # inside the first epoch (3 steps), inside the second
+        torch.manual_seed(1234 + checkpoint)  # a resumed process's global RNG is anywhere
+        resumed = _recording_trainer(method, copy.deepcopy(model), processor, tmp_path / "run", random_images)
+        resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "out" / f"checkpoint-{checkpoint}"))
+        tail = [d for d in full.draws if d[0] >= checkpoint]
+        assert [(s, n) for s, n, _ in resumed.draws] == [(s, n) for s, n, _ in tail]
+        for (step, name, got), (_, _, want) in zip(resumed.draws, tail):
+            assert torch.equal(got, want), f"{name} drawn at step {step} differs after resuming from {checkpoint}"
+        for name, p in resumed.model.named_parameters():
+            assert torch.equal(p.detach(), expected[name]), name

@@ -168,6 +168,8 @@ class CLIPCLTrainer(Trainer):
         # Sum and count of the training loss over the whole session; saved in every checkpoint so that a resumed
         # session reports the same mean loss as an uninterrupted one (the Trainer's own counts restart at resume).
         self._loss_sum, self._loss_count = 0.0, 0
+        self._key_step: int | None = None
+        self._key_micro = 0
 
     # ------------------------------------------------------------------ hooks for methods
     def prepare_method(self, model) -> None:
@@ -193,6 +195,21 @@ class CLIPCLTrainer(Trainer):
         return {}
 
     # ------------------------------------------------------------------ shared machinery
+    def micro_batch_key(self, model) -> tuple[int, int, int]:
+        """`(global step, micro-batch index inside the step, 0)` in training, `(global step, 0, 1)` in evaluation: the
+        key of the current micro-batch's random draws ([`clip_cl.seeding.keyed_generator`]). Call it once per
+        micro-batch. It depends on the Trainer's state only, so a run resumed from a checkpoint gets the keys of the
+        uninterrupted run (checkpoints fall between optimizer steps, where the micro-batch index restarts).
+        """
+        step = int(self.state.global_step)
+        if not model.training:  # evaluation: a fixed key per step that never disturbs training's sequence
+            return step, 0, 1
+        if step != self._key_step:
+            self._key_step, self._key_micro = step, 0
+        key = (step, self._key_micro, 0)
+        self._key_micro += 1
+        return key
+
     def _snapshot_initial_state(self, model) -> dict[str, torch.Tensor] | None:
         """A CPU copy of the starting weights, for methods that merge with them (IMM, WiSE-FT, ZSCL)."""
         return None

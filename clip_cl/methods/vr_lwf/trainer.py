@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 
 from ...features import text_features
 from ...losses import kd_kl_loss, sample_pseudo_tokens
+from ...seeding import keyed_generator
 from ..base.trainer import PAPER, StudentOutputs, teacher_call, unwrap
 from ...features import concat_tokens
 from ..lwf.trainer import LwFTrainer
@@ -74,8 +74,6 @@ class VRLwFTrainer(LwFTrainer):
                                                 text_config.pad_token_id, tok.pad_token_id, *tok.all_special_ids)
                                     if i is not None})
         self._vr_seed = args.seed if args.vr_seed is None else args.vr_seed
-        self._draw_step: int | None = None
-        self._draw_micro = 0
         self._step_pseudo: dict[str, torch.Tensor] | None = None
         self._step_pool_index: torch.Tensor | None = None
         # L_LwF is part of the MST loss, except in a first session known to have no earlier classes (CL-CLIP).
@@ -90,9 +88,7 @@ class VRLwFTrainer(LwFTrainer):
     # ------------------------------------------------------------------ pseudo-classes
     def _generator(self, *key: int) -> torch.Generator:
         """A CPU generator seeded from (vr_seed, *key), well mixed by numpy's SeedSequence."""
-        entropy = [int(self._vr_seed) & 0xFFFFFFFF, *[int(k) & 0xFFFFFFFF for k in key]]
-        seed = int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]) >> 1
-        return torch.Generator().manual_seed(seed)
+        return keyed_generator(self._vr_seed, *key)
 
     def sample_pseudo_tokens(self, num: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """`num` pseudo-class token sequences `[bos, w_1..w_L, eos]` on CPU ([`clip_cl.losses.sample_pseudo_tokens`])."""
@@ -110,19 +106,9 @@ class VRLwFTrainer(LwFTrainer):
                  for i in range(0, size, _POOL_CHUNK)]
         self._pool_teacher = torch.cat(feats)
 
-    def _draw_key(self, model) -> tuple[int, int, int]:
-        step = int(self.state.global_step)
-        if not model.training:  # evaluation: a fixed draw per step that never disturbs training's sequence
-            return step, 0, 1
-        if step != self._draw_step:
-            self._draw_step, self._draw_micro = step, 0
-        key = (step, self._draw_micro, 0)
-        self._draw_micro += 1
-        return key
-
     def draw_pseudo_classes(self, model) -> dict[str, torch.Tensor]:
         """The step's `M` pseudo-class tokens (on the training device); remembered for the teacher side."""
-        generator = self._generator(*self._draw_key(model))
+        generator = self._generator(*self.micro_batch_key(model))
         m = self.args.vr_num_pseudo_classes
         if self._pool_tokens is not None:
             index = torch.randperm(self._pool_tokens["input_ids"].shape[0], generator=generator)[:m]

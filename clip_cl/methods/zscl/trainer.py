@@ -14,6 +14,7 @@ from ...features import encode_texts, tokenize
 from ...losses import kd_kl_loss
 from ...merging import assign_parameters, running_average_update, trainable_state
 from ...prompts import format_prompts
+from ...seeding import keyed_generator
 from ..base.trainer import CLIPCLTrainer, StudentOutputs, unwrap
 from .config import ZSCLConfig
 
@@ -34,6 +35,9 @@ ZSCL_PAPER = {
 }
 
 WEIGHT_ENSEMBLE_FILE = "zscl_weight_ensemble.safetensors"
+
+# Streams of keyed draws (see clip_cl.seeding): the reference texts of a micro-batch, the order of a reference pass.
+_TEXT_STREAM, _REFERENCE_STREAM = 1, 2
 
 
 def l2_to_reference(params: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -111,6 +115,25 @@ class _WeightEnsembleCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         self.trainer._save_weight_ensemble(folder)
+
+
+class _ReferenceBatches(torch.utils.data.Sampler):
+    """Endless batches of reference-set indices, from batch number `start` on: the set is cycled through in passes,
+    each pass a permutation keyed by `(seed, pass)` cut into batches of `batch_size` (the last one of a pass smaller,
+    as a shuffling `DataLoader` gives). Batch `c` depends on `c` only, so a resumed session reads what the
+    uninterrupted one read."""
+
+    def __init__(self, num_rows: int, batch_size: int, seed: Sequence[int], start: int = 0):
+        self.num_rows, self.batch_size, self.seed, self.start = int(num_rows), int(batch_size), tuple(seed), int(start)
+
+    def __iter__(self):
+        per_pass = -(-self.num_rows // self.batch_size)
+        number = self.start
+        while True:
+            pass_index, j = divmod(number, per_pass)
+            order = torch.randperm(self.num_rows, generator=keyed_generator(*self.seed, _REFERENCE_STREAM, pass_index))
+            yield order[j * self.batch_size:(j + 1) * self.batch_size].tolist()
+            number += 1
 
 
 def _collate_reference(rows: Sequence[Any]) -> torch.Tensor:
@@ -198,8 +221,11 @@ class ZSCLTrainer(CLIPCLTrainer):
         if teacher_model is None and args.zscl_teacher == "initial":
             teacher_model = _load_initial_model(args, model)
         self._reference_dataset = reference_dataset
+        self._reference_data = None
         self._reference_loader = None
         self._reference_iter = None
+        self._reference_next = 0
+        self._draw_key: tuple[int, int, int] | None = None
         self._reference_texts: list[str] | None = None
         self._reference_tokens: dict[str, torch.Tensor] | None = None
         self._teacher_reference_cache: torch.Tensor | None = None
@@ -210,7 +236,6 @@ class ZSCLTrainer(CLIPCLTrainer):
         self._last_averaged_step: int | None = None
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          class_names=class_names, class_ids=class_ids, teacher_model=teacher_model, **kwargs)
-        self._text_generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)
         if args.variant == "TO" and args.zscl_text_features == "teacher" and (
                 args.zscl_image_loss_weight or args.zscl_text_loss_weight):
             logger.warning("ZSCL with variant TO and zscl_text_features='teacher' (ZSCL's code) distils the frozen "
@@ -236,14 +261,23 @@ class ZSCLTrainer(CLIPCLTrainer):
         if k is None or k >= n:
             index = torch.arange(n)
         else:
-            index = torch.randperm(n, generator=self._text_generator)[:k].sort().values
+            key = self._draw_key if self._draw_key is not None else self.micro_batch_key(model)
+            generator = keyed_generator(self.args.seed, _TEXT_STREAM, self.accelerator.process_index, *key)
+            index = torch.randperm(n, generator=generator)[:k].sort().values
         self._step_text_index = index
         index = index.to(tokens["input_ids"].device)
         return {"input_ids": tokens["input_ids"][index], "attention_mask": tokens["attention_mask"][index]}
 
     def student_forward(self, model, pixel_values: torch.Tensor) -> ZSCLStudentOutputs:
-        """The base forward on `[batch; reference images]` in one call, split back into the two parts."""
-        reference = self.reference_batch(pixel_values.device) if self._distills() else None
+        """The base forward on `[batch; reference images]` in one call, split back into the two parts.
+
+        The micro-batch's reference images and texts are keyed by the global step and the micro-batch index
+        ([`micro_batch_key`]), not drawn from a generator's running state, so a session resumed from a checkpoint
+        reads the same ones as an uninterrupted session.
+        """
+        self._draw_key = self.micro_batch_key(model)
+        number = self._draw_key[0] * self.args.gradient_accumulation_steps + self._draw_key[1]
+        reference = self.reference_batch(pixel_values.device, number=number) if self._distills() else None
         n = pixel_values.shape[0]
         pixels = pixel_values if reference is None else torch.cat([pixel_values, reference.to(pixel_values.dtype)])
         out = super().student_forward(model, pixels)
@@ -331,27 +365,41 @@ class ZSCLTrainer(CLIPCLTrainer):
         return with_image_transform(raw, image_processor, train=False, image_column=spec.image_column,
                                     label_column=None, dataset_name=spec.name)
 
-    def reference_batch(self, device) -> torch.Tensor | None:
-        """The next batch of reference images on `device`, or None when no reference set is configured (the
-        reference set is loaded on first use and cycled through, reshuffled every pass)."""
-        if self._reference_loader is None:
+    def reference_batch(self, device, number: int | None = None) -> torch.Tensor | None:
+        """A batch of reference images on `device`, or None when no reference set is configured.
+
+        The reference set is loaded on first use and cycled through, reshuffled every pass; batch `number` of the
+        session is a function of `(seed, process, number)` only ([`_ReferenceBatches`]).
+
+        Args:
+            device: where to put the images.
+            number (`int`, *optional*): which batch of the session; by default the one after the last one read.
+                Training reads batch `global_step * gradient_accumulation_steps + micro_batch`.
+
+        Returns:
+            `Tensor | None`: `[R, 3, H, W]` images.
+        """
+        if self._reference_data is None:
             dataset = self._reference_dataset if self._reference_dataset is not None else \
                 self._build_reference_dataset()
             if dataset is None:
                 return None
             if len(dataset) == 0:
                 raise ValueError("The ZSCL reference dataset is empty.")
-            generator = torch.Generator().manual_seed(self.args.seed + self.accelerator.process_index)
+            self._reference_data = dataset
+        number = self._reference_next if number is None else int(number)
+        if self._reference_iter is None or number != self._reference_next:
+            # Sequential reads reuse the loader's iterator (and its prefetching workers); a jump (the first read of
+            # a resumed session) starts a new one at the wanted batch.
+            sampler = _ReferenceBatches(
+                len(self._reference_data), self.args.zscl_reference_batch_size or self.args.per_device_train_batch_size,
+                seed=(self.args.seed, self.accelerator.process_index), start=number)
             self._reference_loader = torch.utils.data.DataLoader(
-                dataset, batch_size=self.args.zscl_reference_batch_size or self.args.per_device_train_batch_size,
-                shuffle=True, generator=generator, collate_fn=_collate_reference,
+                self._reference_data, batch_sampler=sampler, collate_fn=_collate_reference,
                 num_workers=self.args.dataloader_num_workers)
             self._reference_iter = iter(self._reference_loader)
-        try:
-            batch = next(self._reference_iter)
-        except StopIteration:
-            self._reference_iter = iter(self._reference_loader)
-            batch = next(self._reference_iter)
+        batch = next(self._reference_iter)
+        self._reference_next = number + 1
         return batch.to(device, non_blocking=True)
 
     # ------------------------------------------------------------------ parameter space
