@@ -129,3 +129,24 @@ def test_per_step_draws_after_resuming_equal_the_uninterrupted_ones(method, tmp_
             assert torch.equal(got, want), f"{name} drawn at step {step} differs after resuming from {checkpoint}"
         for name, p in resumed.model.named_parameters():
             assert torch.equal(p.detach(), expected[name]), name
+
+
+# ---------------------------------------------------------------------------------------------------- resume matrix
+def test_resume_matrix_fast_subset_mid_epoch_step_checkpoint():
+    """The fast corner of `recipes/resume_matrix.py` (the whole matrix is run by hand; docs/reliability.md): FT and
+    VR-LwF killed one step after a step checkpoint inside session 2's first epoch resume to the uninterrupted
+    results and weights."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "resume_matrix.py"), "--methods", "ft,vr_lwf",
+                           "--kill-points", "epoch1-step", "--jobs", "2"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 of 2 kill points resumed to the uninterrupted results" in proc.stdout, proc.stdout
+
+
+def test_resume_matrix_refuses_unknown_names():
+    for args in (["--methods", "ft,nope"], ["--kill-points", "sometime"], ["--jobs", "0"]):
+        proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "resume_matrix.py"), *args],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, (
+            args, proc.stderr)
