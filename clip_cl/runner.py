@@ -41,7 +41,8 @@ from .methods import get_method
 from .methods.base.config import CLIPCLConfig
 from .models import load_clip
 
-__all__ = ["run_protocol", "build_protocol", "build_evaluator", "config_fingerprint", "RunFolderError"]
+__all__ = ["run_protocol", "build_protocol", "build_evaluator", "check_launch_setup", "config_fingerprint",
+           "RunFolderError", "UnsupportedSetupError"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,65 @@ _NON_RESULT_FIELDS = {
 
 class RunFolderError(RuntimeError):
     """The output folder holds a different run."""
+
+
+class UnsupportedSetupError(RuntimeError):
+    """A launch setup (sharding back-end, device) that clip-cl cannot run correctly; raised before anything is
+    written."""
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def _zero_stage(config: CLIPCLConfig) -> int | None:
+    """The DeepSpeed ZeRO stage of the launch: `accelerate launch` exports it; a `deepspeed` config may set it."""
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    ds = config.deepspeed
+    if stage is None and isinstance(ds, str) and os.path.isfile(ds):
+        ds = read_json(ds)
+    if stage is None and isinstance(ds, dict):
+        stage = ds.get("zero_optimization", {}).get("stage")
+    return int(stage) if stage not in (None, "", "auto") else None
+
+
+def check_launch_setup(config: CLIPCLConfig) -> None:
+    """Refuse, before anything is written, the sharded setups that cannot run correctly (see docs/reliability.md,
+    where each reason was measured).
+
+    - FSDP (1 or 2): torch's `fully_shard` refuses a parameter with no dimension ("fully_shard doesn't support
+      scalar parameters"), and every CLIP model has one (`logit_scale`), so `accelerate` fails while preparing the
+      model; with CPU processes accelerate does not even get there: it runs plain DDP and ignores the FSDP settings.
+    - DeepSpeed on CPU: a 2-process ZeRO-2 run on CPU (gloo) hung here.
+    - DeepSpeed ZeRO-3 with a method that rewrites weights at the end of a session (IMM, WiSE-FT, ZSCL, RKR, LoRA):
+      ZeRO-3 partitions every parameter, and the merge reads and writes whole parameters.
+
+    Args:
+        config ([`CLIPCLConfig`]): the run's configuration.
+
+    Raises:
+        [`UnsupportedSetupError`]: naming the problem and what to launch instead.
+    """
+    if _env_flag("ACCELERATE_USE_FSDP") or config.fsdp:
+        raise UnsupportedSetupError(
+            "FSDP cannot shard a CLIP model: torch's fully_shard refuses its 0-d logit_scale parameter (\"fully_shard "
+            "doesn't support scalar parameters\"), and with CPU processes accelerate silently runs DDP instead. "
+            "Launch with recipes/accelerate/multi_gpu.yaml (DDP) or deepspeed_zero2.yaml on GPUs, or cpu_2proc.yaml "
+            "on CPU.")
+    if _env_flag("ACCELERATE_USE_DEEPSPEED") or config.deepspeed:
+        if config.use_cpu or not torch.cuda.is_available():
+            raise UnsupportedSetupError(
+                "DeepSpeed needs GPUs here: a 2-process ZeRO-2 run on CPU (gloo) hung. Launch with "
+                "recipes/accelerate/cpu_2proc.yaml (DDP) on CPU.")
+        from .methods.base.trainer import CLIPCLTrainer
+
+        trainer_cls = get_method(config.method_name).trainer_cls
+        merges = trainer_cls is not None and trainer_cls.on_session_end is not CLIPCLTrainer.on_session_end
+        if merges and _zero_stage(config) == 3:
+            raise UnsupportedSetupError(
+                f"{config.method_name} rewrites whole weights at the end of every session, and DeepSpeed ZeRO-3 "
+                "partitions every parameter across the processes. Launch with "
+                "recipes/accelerate/deepspeed_zero2.yaml (ZeRO-2 keeps whole parameters) or multi_gpu.yaml (DDP).")
 
 
 def _jsonable(value: Any) -> Any:
@@ -317,6 +377,7 @@ def run_protocol(config: CLIPCLConfig) -> dict:
     Returns:
         `dict`: the results (schema in `docs/run_folder.md`).
     """
+    check_launch_setup(config)
     state = PartialState()
     spec = get_method(config.method_name)
     out = Path(config.output_dir)
