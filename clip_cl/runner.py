@@ -57,6 +57,11 @@ _NON_RESULT_FIELDS = {
 }
 
 
+# Settings added after runs were recorded: left out of `result_config` at these (default) values, so the fingerprints
+# of existing run folders and sweeps do not change.
+_OMITTED_AT_DEFAULT = {"class_order": "seeded", "update_test_templates": None}
+
+
 class RunFolderError(RuntimeError):
     """The output folder holds a different run."""
 
@@ -74,6 +79,8 @@ def result_config(config: CLIPCLConfig) -> dict[str, Any]:
     out = {}
     for key, value in sorted(config.to_dict().items()):
         if key in _NON_RESULT_FIELDS or key.startswith("_"):
+            continue
+        if key in _OMITTED_AT_DEFAULT and value == _OMITTED_AT_DEFAULT[key]:
             continue
         out[key] = _jsonable(value)
     out["method"] = config.method_name
@@ -113,6 +120,7 @@ def build_protocol(config: CLIPCLConfig):
         update_test=DatasetSpec.from_dict(test_spec),
         num_sessions=config.num_sessions,
         class_order_seed=config.class_order_seed,
+        class_order=config.class_order,
         zero_shot=[DatasetSpec.from_dict(eval_spec(d)) for d in config.zero_shot_datasets],
         retrieval=[DatasetSpec.from_dict(eval_spec(d)) for d in config.retrieval_datasets],
     )
@@ -158,7 +166,7 @@ def build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[str
         zero_shot=zero_shot,
         retrieval=retrieval,
         zero_shot_templates=config.zero_shot_templates,
-        ut_templates=config.zero_shot_templates,
+        ut_templates=config.update_test_templates or config.zero_shot_templates,
         batch_size=config.per_device_eval_batch_size,
         num_workers=config.dataloader_num_workers,
         autocast_dtype=autocast,

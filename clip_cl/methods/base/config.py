@@ -54,6 +54,9 @@ class CLIPCLConfig(TrainingArguments):
             Number of MST sessions (default 5); must be 1 (or unset) for OST.
         class_order_seed (`int`, defaults to 0):
             Seed of the class order from which sessions are cut.
+        class_order (`str`, defaults to `"seeded"`):
+            `seeded`: the classes are shuffled with `class_order_seed` before being cut into sessions; `given`: they
+            keep the dataset's label order (COCO's category order in 8 sessions = the paper's phases).
         update_dataset (`dict`):
             The updated task: a dataset spec (`path`, optional `name`, `builder`, `image_column`, `label_column`,
             `class_names`, `max_samples`); see `docs/data.md`.
@@ -69,6 +72,9 @@ class CLIPCLConfig(TrainingArguments):
             Prompt templates of the class texts during training (paper: `"this is a photo of {} in the scene ."`).
         zero_shot_templates (`list[str]`):
             Prompt templates for zero-shot and UT-Acc evaluation (paper: `"this is a photo of {} ."`).
+        update_test_templates (`list[str]`, *optional*):
+            Prompt templates of UT-Acc only; `None` uses `zero_shot_templates`. The official code scores the update
+            task with its training prompt (`data.py: OST.get_ClsName`).
         eval_before_training (`bool`, defaults to `True`):
             Evaluate the starting model (the "before" row).
         max_eval_samples (`int`, *optional*):
@@ -103,6 +109,9 @@ class CLIPCLConfig(TrainingArguments):
         "help": "'ost': one session on all update classes; 'mst': num_sessions sessions of disjoint class groups."})
     num_sessions: int | None = field(default=None, metadata={"help": "Number of MST sessions (default 5)."})
     class_order_seed: int = field(default=0, metadata={"help": "Seed of the class order sessions are cut from."})
+    class_order: str = field(default="seeded", metadata={
+        "help": "'seeded': classes shuffled with class_order_seed before the sessions are cut; 'given': the "
+                "dataset's label order (the paper's COCO phases)."})
     update_dataset: dict | str | None = field(default=None, metadata={
         "help": "Update-task dataset spec (JSON on the CLI): path, name, builder, image_column, label_column, "
                 "class_names, max_samples. See docs/data.md."})
@@ -118,6 +127,8 @@ class CLIPCLConfig(TrainingArguments):
         "help": "Prompt templates of class texts during training; '{}' is the class name."})
     zero_shot_templates: list[str] = field(default_factory=lambda: list(DEFAULT_ZERO_SHOT_TEMPLATES), metadata={
         "help": "Prompt templates for zero-shot and UT-Acc evaluation; several make an ensemble."})
+    update_test_templates: list[str] | None = field(default=None, metadata={
+        "help": "Prompt templates of UT-Acc only; None uses zero_shot_templates."})
     eval_before_training: bool = field(default=True, metadata={"help": "Evaluate the starting model first."})
     max_eval_samples: int | None = field(default=None, metadata={
         "help": "Cap every evaluation set at this many seeded samples (quick runs)."})
@@ -177,6 +188,10 @@ class CLIPCLConfig(TrainingArguments):
         self.variant = check_variant(self.variant)
         self.train_templates = check_templates(self.train_templates)
         self.zero_shot_templates = check_templates(self.zero_shot_templates)
+        if self.update_test_templates is not None:
+            self.update_test_templates = check_templates(self.update_test_templates)
+        if self.class_order not in ("seeded", "given"):
+            raise ValueError(f"class_order must be 'seeded' or 'given', got {self.class_order!r}.")
         self.update_dataset = maybe_json(self.update_dataset, "update_dataset")
         self.zero_shot_datasets = maybe_json(self.zero_shot_datasets, "zero_shot_datasets") or []
         self.retrieval_datasets = maybe_json(self.retrieval_datasets, "retrieval_datasets") or []
