@@ -100,6 +100,12 @@ def coco_annotation_file(root: str, split: str, task: str, year: int = 2017) -> 
     return path
 
 
+def _check_karpathy_year(year: int, who: str) -> None:
+    if year != 2014:
+        raise ValueError(f"{who}: Karpathy's split names COCO 2014 images; set year: 2014 (with a COCO 2014 root) or "
+                         "drop karpathy_file.")
+
+
 def _karpathy_path(root: str, karpathy_file: str | None) -> str | None:
     """A relative `karpathy_file` is read from the COCO root (where `dataset_coco.json` usually sits)."""
     if karpathy_file is None:
@@ -186,9 +192,7 @@ class _CocoBuilder(datasets.GeneratorBasedBuilder):
             raise FileNotFoundError(f"{type(self).__name__} needs data_dir=<COCO root>, got {root!r}.")
         year = _check_year(cfg.year)
         if cfg.karpathy_file is not None:
-            if year != 2014:
-                raise ValueError(f"{type(self).__name__}: Karpathy's split names COCO 2014 images; set year: 2014 "
-                                 "(with a COCO 2014 root) or drop karpathy_file.")
+            _check_karpathy_year(year, type(self).__name__)
             splits = self._karpathy_splits()
             if cfg.split and _coco_split(cfg.split) not in splits:
                 raise ValueError(f"{type(self).__name__}: with karpathy_file the splits are {list(splits)}, got "
@@ -458,8 +462,14 @@ def load_coco(root: str, split: str, *, task: str, cache_dir: str | None = None,
                                                                                        "split"}
     check_keys(f"{_BUILDERS[task].__name__} option", options, sorted(valid))
     year = _check_year(options.get("year", 2017))
+    # Fail early, with the list of what the root holds (a 2017 root given with year 2014 is named as such). With a
+    # Karpathy file, object crops read instances_train / instances_val; captions read no annotation file.
     if options.get("karpathy_file") is None:
-        coco_annotation_file(root, base, task, year)  # fail early, with the list of what the root holds
+        coco_annotation_file(root, base, task, year)
+    else:
+        _check_karpathy_year(year, _BUILDERS[task].__name__)
+        if task == "objects":
+            coco_annotation_file(root, "train" if _coco_split(base) == "train" else "val", task, year)
     builder = _BUILDERS[task](data_dir=os.path.abspath(root), split=_coco_split(base), cache_dir=cache_dir, **options)
     builder.download_and_prepare(num_proc=num_proc)
     return builder.as_dataset(split=_coco_split(base) + split[len(base):])
