@@ -165,6 +165,7 @@ def build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[str
         update=update,
         zero_shot=zero_shot,
         retrieval=retrieval,
+        retrieval_folds={spec.name: spec.eval_folds for spec in protocol.retrieval},
         zero_shot_templates=config.zero_shot_templates,
         ut_templates=config.update_test_templates or config.zero_shot_templates,
         batch_size=config.per_device_eval_batch_size,

@@ -118,6 +118,20 @@ def test_retrieval_eval_matches_metric(clip, data):
     assert len(texts) == 1 + 2 + 3 + 1 + 2  # unequal caption counts
 
 
+def test_retrieval_eval_folds_average_equal_consecutive_folds(clip):
+    # CL-CLIP's COCO numbers average 5 folds of 1k images; here 6 images in 2 folds, against each half on its own.
+    model, tok = clip
+    rows = build_datasets(n_retrieval=6)["retrieval"].rows
+    halves = [retrieval_eval(model, tok, ListDataset(rows[:3]), disable_tqdm=True),
+              retrieval_eval(model, tok, ListDataset(rows[3:]), disable_tqdm=True)]
+    got = retrieval_eval(model, tok, ListDataset(rows), folds=2, disable_tqdm=True)
+    for key in ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10"):
+        assert got[key] == pytest.approx((halves[0][key] + halves[1][key]) / 2)
+    assert got["folds"] == 2 and got["num_images"] == 6
+    with pytest.raises(ValueError, match="cannot be split into 4 equal folds"):
+        retrieval_eval(model, tok, ListDataset(rows), folds=4, disable_tqdm=True)
+
+
 def test_retrieval_eval_rejects_image_without_captions(clip):
     model, tok = clip
     ds = ListDataset([{"pixel_values": torch.zeros(3, 32, 32), "captions": ["a cat"]},

@@ -315,6 +315,7 @@ def test_paper_configs_build_the_official_protocol(coco2014, flickr, tmp_path):
         assert config.step_lr_epochs == (None if "mst" in path.name else 10)
         assert protocol.class_order == ("given" if "mst" in path.name else "seeded")
         assert [s.builder for s in protocol.retrieval] == ["coco_captions", "flickr30k"]
+        assert [s.eval_folds for s in protocol.retrieval] == [5, 1]  # COCO: mean of 5 folds of 1k (methods/base.py)
         assert protocol.zero_shot[0].builder == "tiered_imagenet"
     # A dry build of ft_mst on the generated fixtures: 8 sessions of 10 classes in COCO's order.
     config = parse_config(["--config", str(ROOT / "recipes/configs/paper/ft_mst.yaml"), "--use_cpu", "true",

@@ -81,6 +81,10 @@ class DatasetSpec:
         class_names (`list[str]`, *optional*): class names in label-id order; overrides the `ClassLabel` names (e.g.
             to give prompts nicer names) and is required when the label column is a plain integer.
 
+    Parameters of the evaluation:
+        eval_folds (`int`, defaults to 1): retrieval sets only: average Recall@K over this many consecutive folds of
+            equal size (5 on COCO's Karpathy 5k test = the official code's "COCO 1k" numbers).
+
     Parameters for quick runs:
         max_samples (`int`, *optional*): keep a seeded random subset of this many rows (in their original order).
         seed (`int`, defaults to 0): seed of that subset.
@@ -95,6 +99,7 @@ class DatasetSpec:
     label_column: str = field(default="label", metadata={"help": "Column holding the integer class ids."})
     captions_column: str = field(default="captions", metadata={"help": "Column holding the captions of each image."})
     class_names: list[str] | None = field(default=None, metadata={"help": "Class names overriding the ClassLabel's."})
+    eval_folds: int = field(default=1, metadata={"help": "Retrieval: average recalls over this many equal folds."})
     max_samples: int | None = field(default=None, metadata={"help": "Seeded random subset size, for quick runs."})
     seed: int = field(default=0, metadata={"help": "Seed of the max_samples subset."})
 
@@ -109,6 +114,9 @@ class DatasetSpec:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"DatasetSpec {self.name!r}: unknown builder {self.builder!r}; use one of {BUILDERS} "
                              f"or leave it unset to infer it from the path.{hint}")
+        if not isinstance(self.eval_folds, int) or self.eval_folds < 1:
+            raise ValueError(f"DatasetSpec {self.name!r}: eval_folds must be a positive integer, got "
+                             f"{self.eval_folds!r}.")
         if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples < 1):
             raise ValueError(f"DatasetSpec {self.name!r}: max_samples must be a positive integer or None, "
                              f"got {self.max_samples!r}.")
