@@ -381,8 +381,13 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
         `dict`: `"acc"`/`"top5"`: accuracy on the images of the seen classes, classifying among the seen classes (all
         classes when `seen == 0`); `"per_session"`: for each session `j`, accuracy on its images among the classes
         of sessions `0..max(seen - 1, j)`; `"per_session_task"`: for each `j`, accuracy among session `j`'s classes
-        only; `"num_classes_seen"` (classes of sessions `< seen`); `"num_images"` (images behind `"acc"`).
-        Accuracies are percent, `None` where a subset has no images.
+        only; `"num_classes_seen"` (classes of sessions `< seen`); `"num_images"` (images behind `"acc"`);
+        `"balanced_per_session"`: for each `j`, the mean over session `j`'s classes of their per-class accuracy,
+        classifying among all classes; `"balanced_acc"`: the mean of those over the seen sessions (all sessions when
+        `seen == 0`). The balanced pair is the UT-Acc of the official CL-CLIP code (`methods/base.py: test` and
+        `get_acc_bwt`: predictions over every class, per-class accuracy averaged per phase, then over the phases
+        learned). Accuracies are percent, `None` where a subset has no images (classes without images are left out
+        of the balanced means).
     """
     batch_size, device, autocast_dtype = _split_kwargs(kw)
     sessions = _check_sessions(sessions, len(class_names), seen)
@@ -412,6 +417,17 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
     head = accuracy(seen_classes, seen_classes)
     per_session = [accuracy(s, upto(max(seen - 1, j))) for j, s in enumerate(sessions)]
     per_session_task = [accuracy(s, s) for s in sessions]
+    every = upto(len(sessions) - 1)
+    column = torch.full((len(class_names),), -1, dtype=torch.long)
+    column[every] = torch.arange(len(every))
+    in_any = torch.isin(labels, torch.tensor(every))
+    predicted = torch.tensor(every)[(feats[in_any.to(feats.device)] @ text[every].T).argmax(1).cpu()]
+    hits = predicted == labels[in_any]
+    per_class = {c: 100.0 * hits[labels[in_any] == c].float().mean().item() for c in every
+                 if bool((labels[in_any] == c).any())}
+    balanced = [sum(per_class[c] for c in s if c in per_class) / n if (n := sum(c in per_class for c in s)) else None
+                for s in sessions]
+    counted = [b for b in balanced[:seen if seen > 0 else len(sessions)] if b is not None]
     return {
         "acc": head["top1"] if head else None,
         "top5": head["top5"] if head else None,
@@ -419,6 +435,8 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
         "per_session_task": [r["top1"] if r else None for r in per_session_task],
         "num_classes_seen": len(upto(seen - 1)) if seen > 0 else 0,
         "num_images": int(torch.isin(labels, torch.tensor(seen_classes)).sum()),
+        "balanced_acc": sum(counted) / len(counted) if counted else None,
+        "balanced_per_session": balanced,
     }
 
 
