@@ -79,7 +79,8 @@ def coco2014(tmp_path_factory) -> Path:
         folder = "train2014" if image_id < 10 else "val2014"
         karpathy.append({"filepath": folder, "filename": _coco_name(folder[:-4], image_id), "split": split,
                          "cocoid": image_id, "imgid": len(karpathy),
-                         "sentences": [{"raw": f"Image {image_id} Caption {c}. ", "tokens": []} for c in range(n_caps)]})
+                         "sentences": [{"raw": f"Image {image_id} Caption {c}. ", "tokens": []}
+                                       for c in range(n_caps)]})
     (root / "dataset_coco.json").write_text(json.dumps({"images": karpathy, "dataset": "coco"}))
     return root
 

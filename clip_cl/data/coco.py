@@ -93,9 +93,9 @@ def coco_annotation_file(root: str, split: str, task: str, year: int = 2017) -> 
                 f"COCO {task}: {root!r} is a COCO {other[0]} root (annotations/ holds {found}) but year is {year}. "
                 f"Set year: {other[0]} in builder_kwargs, or point path at the COCO {year} root.")
         raise FileNotFoundError(
-            f"COCO {task}: annotation file {path!r} not found. A COCO root holds annotations/{kind}_{{split}}{year}.json"
-            f" and {{split}}{year}/ images (split 'train' or 'val'); annotations/ there holds {found or 'nothing'}. "
-            "Fix the path or the split."
+            f"COCO {task}: annotation file {path!r} not found. A COCO root holds "
+            f"annotations/{kind}_{{split}}{year}.json and {{split}}{year}/ images (split 'train' or 'val'); "
+            f"annotations/ there holds {found or 'nothing'}. Fix the path, the split or the year."
         )
     return path
 

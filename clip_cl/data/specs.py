@@ -68,8 +68,9 @@ class DatasetSpec:
             are `"train"` and `"val"` (`"validation"` is accepted), plus `"test"` with a Karpathy file; Flickr30k's
             are Karpathy's `"train"`, `"val"`, `"test"`; tieredImageNet's are its class splits (`"test"`, ...).
         builder (`str`, *optional*): how to read `path`: `"parquet"`, `"imagefolder"`, `"hub"`, `"coco_objects"`,
-            `"coco_captions"`, `"flickr30k"`, `"tiered_imagenet"` or `"eurosat"`. `None` infers it from `path` (a folder holding
-            `dataset_flickr30k.json` is Flickr30k); the COCO, tieredImageNet and EuroSAT builders must be named explicitly.
+            `"coco_captions"`, `"flickr30k"`, `"tiered_imagenet"` or `"eurosat"`. `None` infers it from `path` (a
+            folder holding `dataset_flickr30k.json` is Flickr30k); the COCO, tieredImageNet and EuroSAT builders must
+            be named explicitly.
         builder_kwargs (`dict`, *optional*): options of the builder, e.g. `{"year": 2014, "karpathy_file":
             "dataset_coco.json", "min_box_size": 4, "min_box_size_inclusive": false}` for `coco_objects`,
             `{"lowercase": true}` for `flickr30k`, or `{"name": "plain_text"}` (a Hub config name) for `"hub"`.

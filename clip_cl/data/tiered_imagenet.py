@@ -211,8 +211,8 @@ def load_tiered_imagenet(path: str, split: str = "test", *, cache_dir: str | Non
         os.path.join(glob.escape(path), "**", "*.parquet"), recursive=True))
     if is_parquet:
         if base != split:
-            raise ValueError(f"tieredImageNet from Parquet: slicing ({split!r}) is not supported; use max_samples in the "
-                             "dataset spec or max_images_per_class.")
+            raise ValueError(f"tieredImageNet from Parquet: slicing ({split!r}) is not supported; use max_samples in "
+                             "the dataset spec or max_images_per_class.")
         check_keys("tieredImageNet (Parquet) option", options, ["max_images_per_class", "source_split",
                                                                  "label_column"])
         dataset = _from_parquet(path, tiered_imagenet_classes(base), options.get("source_split", "train"),
