@@ -16,11 +16,13 @@ from .coco import CocoCaptions, CocoCaptionsConfig, CocoObjects, CocoObjectsConf
 from .eurosat import EuroSAT, EuroSATConfig, load_eurosat
 from .flickr30k import Flickr30k, Flickr30kConfig, load_flickr30k
 from .protocol import Protocol, build_sessions
-from .tiered_imagenet import TieredImageNet, TieredImageNetConfig, load_tiered_imagenet, tiered_imagenet_classes
 from .specs import BUILDERS, DatasetSpec, class_names_of, infer_builder, label_array, load_spec, subsample
+from .tiered_imagenet import TieredImageNet, TieredImageNetConfig, load_tiered_imagenet, tiered_imagenet_classes
 from .transforms import (
     CorruptImageError,
+    EpochSampler,
     ImageTransform,
+    KeyedTrainDataset,
     build_image_transform,
     collate_classification,
     collate_retrieval,
@@ -36,11 +38,13 @@ __all__ = [
     "CocoObjectsConfig",
     "CorruptImageError",
     "DatasetSpec",
+    "EpochSampler",
     "EuroSAT",
     "EuroSATConfig",
     "Flickr30k",
     "Flickr30kConfig",
     "ImageTransform",
+    "KeyedTrainDataset",
     "Protocol",
     "TieredImageNet",
     "TieredImageNetConfig",
