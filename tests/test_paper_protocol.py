@@ -334,3 +334,26 @@ def test_paper_configs_build_the_official_protocol(coco2014, flickr, tmp_path):
     from clip_cl.runner import result_config
 
     assert "class_order" not in result_config(base) and "class_order" in result_config(config)
+
+
+def test_paper_mst_config_runs_end_to_end(coco2014, flickr, tmp_path):
+    # ft_mst.yaml as shipped, on the tiny random model and the generated COCO 2014 / Flickr30k (CPU, a step a session).
+    from clip_cl.cli import train_main
+
+    out = tmp_path / "run"
+    spec = {"name": "coco", "builder": "coco_objects", "path": str(coco2014), "builder_kwargs": PAPER}
+    retrieval = [{"name": "coco5k", "builder": "coco_captions", "path": str(coco2014), "split": "test", "eval_folds": 2,
+                  "builder_kwargs": {"year": 2014, "karpathy_file": "dataset_coco.json", "lowercase": True}},
+                 {"name": "flickr30k", "path": str(flickr), "split": "test"}]
+    results = train_main(["--config", str(ROOT / "recipes/configs/paper/ft_mst.yaml"), "--model_name_or_path",
+                          "tiny-random", "--use_cpu", "true", "--fp16", "false", "--output_dir", str(out),
+                          "--update_dataset", json.dumps(spec), "--zero_shot_datasets", "[]",
+                          "--retrieval_datasets", json.dumps(retrieval), "--per_device_train_batch_size", "8",
+                          "--dataloader_drop_last", "false", "--max_steps", "1", "--dataloader_num_workers", "0",
+                          "--dataloader_pin_memory", "false", "--disable_tqdm", "true", "--save_strategy", "no"])
+    assert results["status"] == "complete"
+    saved = json.loads((out / "results.json").read_text())
+    assert [s["class_ids"] for s in saved["sessions"]] == [list(range(10 * t, 10 * t + 10)) for t in range(8)]
+    last = saved["sessions"][-1]["eval"]
+    assert last["retrieval"]["coco5k"]["folds"] == 2 and last["retrieval"]["coco5k"]["num_captions"] == 11
+    assert len(last["ut"]["balanced_per_session"]) == 8 and last["ut"]["balanced_acc"] is not None
