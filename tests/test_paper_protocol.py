@@ -30,7 +30,7 @@ from clip_cl.data import (
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = dict(year=2014, karpathy_file="dataset_coco.json", min_box_size=4, min_box_size_inclusive=False,
-             skip_crowd=False)
+             skip_crowd=False, crop_rounding="nearest")
 # 80 categories with sparse ids, listed in id order as COCO's files list them.
 CATEGORIES = [{"id": i + 1 + i // 9, "name": f"class {i:02d}", "supercategory": "thing"} for i in range(80)]
 W, H = 96, 64
@@ -117,8 +117,8 @@ def test_crops_of_each_split_match_coco_process(coco2014, tmp_path):
         for row in crops.select(range(min(3, len(crops)))):
             ann = by_ann[row["annotation_id"]]
             assert names[row["label"]] == next(c["name"] for c in CATEGORIES if c["id"] == ann["category_id"])
-            assert row["image"].size == (int(np.ceil(ann["bbox"][0] + ann["bbox"][2])) - int(ann["bbox"][0]),
-                                         int(np.ceil(ann["bbox"][1] + ann["bbox"][3])) - int(ann["bbox"][1]))
+            x, y, w, h = ann["bbox"]  # data.py: img.crop([x, y, x + w, y + h]), which PIL rounds to the nearest pixel
+            assert row["image"].size == (round(x + w) - round(x), round(y + h) - round(y))
     test = load_coco(str(coco2014), "test", task="objects", cache_dir=cache, **PAPER)
     assert sorted(set(test["image_id"][:])) == [12, 13]  # Karpathy's test images only (11 is val, 14 restval)
 

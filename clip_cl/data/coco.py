@@ -225,6 +225,10 @@ class CocoObjectsConfig(datasets.BuilderConfig):
             h <= min_box_size` (a box of exactly the threshold goes); the paper uses it with `min_box_size=4`.
         skip_crowd (`bool`, defaults to `True`): drop `iscrowd` boxes (they cover a group of objects, not one). The
             official code keeps them (`False`).
+        crop_rounding (`str`, defaults to `"outward"`): how the float box `[x, y, x + w, y + h]` becomes pixels.
+            `"outward"`: floor the corner, ceil the far edge, clip to the image (the crop holds the whole box).
+            `"nearest"`: PIL's `Image.crop` on the float box, as the official `data.py: OST.__getitem__` does (each
+            coordinate rounded to the nearest integer, area outside the image filled with black).
         jpeg_quality (`int`, defaults to 95): JPEG quality of the stored crops.
     """
 
@@ -234,6 +238,7 @@ class CocoObjectsConfig(datasets.BuilderConfig):
     min_box_size: float = 16
     min_box_size_inclusive: bool = True
     skip_crowd: bool = True
+    crop_rounding: str = "outward"
     jpeg_quality: int = 95
 
 
@@ -318,6 +323,8 @@ class CocoObjects(_CocoBuilder):
 
     def _generate_examples(self, images):
         cfg = self.config
+        if cfg.crop_rounding not in ("outward", "nearest"):
+            raise ValueError(f"crop_rounding must be 'outward' or 'nearest', got {cfg.crop_rounding!r}.")
         for path, image_id, anns in images:
             kept = [a for a in anns if not (cfg.skip_crowd and a[3])
                     and keep_box(a[2][2], a[2][3], cfg.min_box_size, cfg.min_box_size_inclusive)]
@@ -327,10 +334,15 @@ class CocoObjects(_CocoBuilder):
                 # COCO has grayscale and CMYK JPEGs; CLIP wants RGB, and JPEG cannot store every mode.
                 im = im.convert("RGB")
                 for ann_id, label, (x, y, w, h), _ in kept:
-                    box = (max(0, math.floor(x)), max(0, math.floor(y)),
-                           min(im.width, math.ceil(x + w)), min(im.height, math.ceil(y + h)))
-                    if box[2] - box[0] < 1 or box[3] - box[1] < 1:
-                        continue  # a box outside the image (broken annotation)
+                    if cfg.crop_rounding == "nearest":
+                        box = (x, y, x + w, y + h)  # PIL rounds each coordinate itself
+                        if round(x + w) - round(x) < 1 or round(y + h) - round(y) < 1:
+                            continue
+                    else:
+                        box = (max(0, math.floor(x)), max(0, math.floor(y)),
+                               min(im.width, math.ceil(x + w)), min(im.height, math.ceil(y + h)))
+                        if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+                            continue  # a box outside the image (broken annotation)
                     buf = io.BytesIO()
                     im.crop(box).save(buf, format="JPEG", quality=cfg.jpeg_quality)
                     yield ann_id, {"image": {"bytes": buf.getvalue(), "path": None}, "label": label,
