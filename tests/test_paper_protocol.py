@@ -201,6 +201,8 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 def test_bad_input_fails_with_what_to_fix(coco2014, flickr, tmp_path):
     cache = str(tmp_path / "cache")
+    with pytest.raises(ValueError, match="looks like a COCO root; set builder"):
+        infer_builder(DatasetSpec(name="coco", path=str(coco2014)))  # a 2014 root is recognised too
     broken = tmp_path / "coco_broken"
     broken.mkdir()
     for item in coco2014.iterdir():  # same annotations and Karpathy file, one Karpathy test image gone
