@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from ...features import concat_tokens, image_features, tokenize
+from ...adapters import get_adapter
+from ...features import concat_tokens, image_features, logit_bias, logit_scale, tokenize
 from ...io import atomic_write_json, read_json
 from ...prompts import class_text_features, format_prompts
 from ...variants import apply_variant
@@ -58,7 +59,10 @@ class StudentOutputs:
         class_embeds: `[C, D]` normalised (template-ensembled) class-prompt features.
         extra_embeds: `[M, D]` normalised features of the method's extra texts (e.g. VR-LwF pseudo-classes) or None.
         logit_scale: the student's `exp(logit_scale)` (a scalar tensor).
-        logits: `[B, C]` = logit_scale * image_embeds @ class_embeds.T.
+        logits: `[B, C]` = logit_scale * image_embeds @ class_embeds.T (no bias: a constant per row cancels in
+            every softmax over classes, the cross-entropy's and the distillation's).
+        logit_bias: the student's learned logit bias (sigmoid-trained families such as SigLIP), else None; only
+            pair losses in the family's own form (ZSCL's image-text term) use it.
     """
 
     image_embeds: torch.Tensor
@@ -66,6 +70,7 @@ class StudentOutputs:
     extra_embeds: torch.Tensor | None
     logit_scale: torch.Tensor
     logits: torch.Tensor
+    logit_bias: torch.Tensor | None = None
 
 
 class CLIPCLTrainer(Trainer):
@@ -243,7 +248,13 @@ class CLIPCLTrainer(Trainer):
         return teacher_call(image_features, self.teacher, pixel_values.to(dtype))
 
     def teacher_logit_scale(self) -> torch.Tensor:
-        return unwrap(self.teacher).logit_scale.detach().float().exp()
+        """The teacher's `exp(logit_scale)` (float32 constant)."""
+        return logit_scale(self.teacher).detach().float()
+
+    def teacher_logit_bias(self) -> torch.Tensor | None:
+        """The teacher's logit bias (float32 constant), or None for families without one."""
+        bias = logit_bias(self.teacher)
+        return bias.detach().float() if bias is not None else None
 
     def _templates_count(self) -> int:
         return len(self.args.train_templates)
@@ -260,18 +271,19 @@ class CLIPCLTrainer(Trainer):
         if extra is not None:
             both = concat_tokens(tokens, extra, self.clip_tokenizer.pad_token_id)
             input_ids, attention_mask = both["input_ids"], both["attention_mask"]
-        out = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        # The family's image inputs (SigLIP 2: NaFlex patches and masks) for one call of the wrapper's forward.
+        out = model(**get_adapter(model).forward_inputs(model, pixel_values, input_ids, attention_mask))
         text = out.text_embeds
         class_embeds = text[:n_prompts]
         n_templates = self._templates_count()
         if n_templates > 1:
             class_embeds = F.normalize(class_embeds.view(len(self.class_names), n_templates, -1).mean(1), dim=-1)
-        scale = unwrap(model).logit_scale.exp()
+        scale = logit_scale(model)
         image_embeds = out.image_embeds
         logits = scale * image_embeds @ class_embeds.t()
         return StudentOutputs(image_embeds=image_embeds, class_embeds=class_embeds,
                               extra_embeds=text[n_prompts:] if extra is not None else None,
-                              logit_scale=scale, logits=logits)
+                              logit_scale=scale, logits=logits, logit_bias=logit_bias(model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         targets = self.map_labels(inputs["labels"])

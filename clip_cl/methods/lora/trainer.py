@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ...variants import tower_of
 from ...tuners.targets import find_linear_targets, towers_of_variant
 from ..base.trainer import PAPER, CLIPCLTrainer, unwrap
 from .config import LoRAConfig, require_peft
@@ -94,7 +95,7 @@ class LoRATrainer(CLIPCLTrainer):
     The adapters (`lora_target_modules`, default q/k/v/out projections of the attention layers of the tower(s)
     `variant` trains) start with `B = 0`, so the session starts exactly at the model it was given; all original
     weights are frozen and the loss is plain cross-entropy. At the end of the session the adapters are merged into
-    the weights and removed (`W <- W + (alpha / r) B A`), so `trainer.model` is a plain `CLIPModel` that the runner
+    the weights and removed (`W <- W + (alpha / r) B A`), so `trainer.model` is a plain model (e.g. `CLIPModel`) that the runner
     saves as ordinary safetensors and the next session adapts afresh. Needs `pip install 'clip-cl[peft]'`.
 
     Example:
@@ -125,15 +126,19 @@ class LoRATrainer(CLIPCLTrainer):
     def prepare_method(self, model) -> None:
         """Inject the adapters in place (peft freezes every other parameter)."""
         bare = unwrap(model)
-        logit_scale_on = bare.logit_scale.requires_grad  # set by apply_variant from train_logit_scale
+        # Parameters outside both towers (logit scale, SigLIP's bias) keep what apply_variant set from
+        # train_logit_scale; the injection below freezes them.
+        outside = {n: p.requires_grad for n, p in bare.named_parameters() if tower_of(n, bare) is None}
         self.lora_module_names = inject_lora(bare, towers_of_variant(self.args.variant), self.args.lora_target_modules,
                                              r=self.args.lora_r, alpha=self.args.lora_alpha,
                                              dropout=self.args.lora_dropout)
-        bare.logit_scale.requires_grad_(logit_scale_on)
+        for n, p in bare.named_parameters():
+            if n in outside:
+                p.requires_grad_(outside[n])
         n_train = sum(p.numel() for p in bare.parameters() if p.requires_grad)
         logger.info("LoRA: %d layers adapted (r=%d, alpha=%g), %d trainable parameters", len(self.lora_module_names),
                     self.args.lora_r, self.args.lora_alpha, n_train)
 
     def on_session_end(self) -> None:
-        """Merge the adapters into the weights and remove them: the model is a plain `CLIPModel` again."""
+        """Merge the adapters into the weights and remove them: the model is a plain model of its family again."""
         merge_and_unload_lora(unwrap(self.model), safe_merge=True)
