@@ -193,3 +193,13 @@ def test_exported_siglip_run_gives_its_own_zero_shot_accuracy_in_the_transformer
                        hypothesis_template=template)
     hits = [p[0]["label"] == names[y] for p, y in zip(preds, ds["label"])]
     assert 100.0 * sum(hits) / len(hits) == pytest.approx(run_acc, abs=1e-6)
+    # Stronger than equal accuracies: the same prediction on every image (clip-cl's features of the export).
+    from clip_cl.prompts import class_text_features
+
+    model, processor = load_model(out / "model")
+    transform = build_image_transform(processor.image_processor, train=False)
+    with torch.no_grad():
+        feats = image_features(model, torch.stack([transform(row["image"].convert("RGB")) for row in ds]))
+        text = class_text_features(model, processor.tokenizer, names, [template])
+    ours = [names[i] for i in (feats @ text.t()).argmax(-1).tolist()]
+    assert ours == [p[0]["label"] for p in preds]

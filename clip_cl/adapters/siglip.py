@@ -141,6 +141,16 @@ class SiglipAdapter(ModelAdapter):
     _tiny_config: ClassVar[dict] = TINY_SIGLIP_CONFIG
     _tokenizer_dir: ClassVar[Path] = SIGLIP_TOKENIZER_DIR
 
+    def text_length(self, tokenizer, model=None) -> int:
+        """64, SigLIP's training length (what `transformers`' processors and pipeline pad to), or less when the
+        model's position table is shorter. The tokenizer's own limit is not used: Gemma's is far longer."""
+        length = self.default_text_length
+        if model is not None:
+            positions = getattr(_bare_config(model).text_config, "max_position_embeddings", None)
+            if positions:
+                length = min(length, int(positions))
+        return length
+
     def tokenizer(self, path: str | Path | None = None):
         """The family's tokenizer from a folder (default: the packaged tiny fixture), offline."""
         from transformers import AutoTokenizer

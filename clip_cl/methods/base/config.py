@@ -153,7 +153,7 @@ class CLIPCLConfig(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={
         "help": "Where to log: 'none', 'tensorboard', 'wandb', 'all'."})
     remove_unused_columns: bool = field(default=False, metadata={
-        "help": "Keep image columns (CLIPModel's forward signature does not list them)."})
+        "help": "Keep image columns (the models' forward signatures do not list them)."})
     output_dir: str | None = field(default="runs/clip-cl", metadata={"help": "Run folder."})
 
     optim: OptimizerNames | str = field(default="adamw_torch", metadata={

@@ -78,13 +78,13 @@ class CLIPCLTrainer(Trainer):
     classes, plus whatever [`method_losses`] adds.
 
     Args:
-        model (`CLIPModel`): the model to train (the current student). It is modified in place.
+        model (`PreTrainedModel`): a model of a supported family (`clip_cl.adapters`), the model to train (the current student). It is modified in place.
         args ([`CLIPCLConfig`]): the run configuration (the method's config subclass).
         train_dataset: rows `{"pixel_values": Tensor[3,H,W], "labels": int}` (see `clip_cl.data.with_image_transform`).
-        processing_class: a `CLIPProcessor` or a CLIP tokenizer (only the tokenizer is used here).
+        processing_class: the model's processor or tokenizer (only the tokenizer is used here).
         class_names (`Sequence[str]`): the classes of this session's cross-entropy, in logit order.
         class_ids (`Sequence[int]`, *optional*): the dataset label of each class name (defaults to 0..C-1).
-        teacher_model (`CLIPModel`, *optional*): the teacher for distillation methods; by default a frozen copy of
+        teacher_model (`PreTrainedModel`, *optional*): the teacher for distillation methods; by default a frozen copy of
             `model` as it is when the trainer is created (the model after the previous session).
         **kwargs: passed to `transformers.Trainer` (e.g. `data_collator`, `callbacks`).
     """
@@ -117,7 +117,7 @@ class CLIPCLTrainer(Trainer):
         if not isinstance(args, CLIPCLConfig):
             raise TypeError(f"{type(self).__name__} needs a CLIPCLConfig (or a method config), got {type(args).__name__}.")
         if processing_class is None:
-            raise ValueError(f"{type(self).__name__} needs processing_class= a CLIPProcessor or CLIP tokenizer "
+            raise ValueError(f"{type(self).__name__} needs processing_class= the model's processor or tokenizer "
                              "(class prompts are tokenised with it).")
         if not class_names:
             raise ValueError("class_names is empty: a session needs at least one class to train on.")
@@ -149,7 +149,7 @@ class CLIPCLTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          **kwargs)
 
-        # Our loss is a mean over the micro-batch, never normalised by `num_items_in_batch`. CLIPModel.forward takes
+        # Our loss is a mean over the micro-batch, never normalised by `num_items_in_batch`. The models' forward takes
         # **kwargs, which older transformers (< 5.24, no `loss_is_scaled_for_ga`) read as "the model scales the loss
         # for gradient accumulation" and then skip the division: say explicitly that it does not.
         self.model_accepts_loss_kwargs = False
@@ -212,7 +212,7 @@ class CLIPCLTrainer(Trainer):
         return torch.float32
 
     def _set_signature_columns_if_needed(self):
-        # CLIPModel.forward does not list `pixel_values`/`labels` the way we use them: keep them explicitly.
+        # The models' forward does not list `pixel_values`/`labels` the way we use them: keep them explicitly.
         if self._signature_columns is None:
             self._signature_columns = ["pixel_values", "labels"]
 

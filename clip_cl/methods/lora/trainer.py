@@ -41,14 +41,14 @@ def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def inject_lora(model: nn.Module, towers: Sequence[str], target_modules: Sequence[str], r: int = 8,
                 alpha: float = 16, dropout: float = 0.0) -> list[str]:
-    """Add peft LoRA adapters to the selected linear layers of a CLIP model, in place.
+    """Add peft LoRA adapters to the selected linear layers of a model, in place.
 
     Uses `peft.inject_adapter_in_model`, so the model object stays the same (no `PeftModel` wrapper) and every
     parameter but the adapters' is frozen. The target list is resolved here to full module names restricted to
     `towers`, so a `q_proj` of a frozen tower is never adapted.
 
     Args:
-        model (`nn.Module`): a bare `transformers.CLIPModel`.
+        model (`nn.Module`): a bare model of a supported family (`clip_cl.adapters`).
         towers (`Sequence[str]`): `"image"` and/or `"text"`.
         target_modules (`Sequence[str]`): module names or dotted suffixes, or `["all-linear"]`.
         r (`int`): rank. alpha (`float`): scaling numerator. dropout (`float`): input dropout of the adapters.
@@ -106,7 +106,7 @@ class LoRATrainer(CLIPCLTrainer):
     args = LoRAConfig(output_dir="runs/lora", num_train_epochs=1, per_device_train_batch_size=8)
     trainer = LoRATrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                           class_names=["T-shirt/top", "trouser"], class_ids=[0, 1])
-    trainer.train()  # trainer.model is a plain CLIPModel again, adapters merged
+    trainer.train()  # trainer.model is a plain model again, adapters merged
     ```
     """
 

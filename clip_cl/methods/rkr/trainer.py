@@ -45,7 +45,7 @@ class RKRTrainer(CLIPCLTrainer):
     args = RKRConfig(output_dir="runs/rkr", variant="IO", num_train_epochs=1, per_device_train_batch_size=8)
     trainer = RKRTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                          class_names=["T-shirt/top", "trouser"], class_ids=[0, 1])
-    trainer.train()  # trainer.model is a plain CLIPModel again, rectifiers merged
+    trainer.train()  # trainer.model is a plain model again, rectifiers merged
     ```
     """
 

@@ -128,9 +128,9 @@ def _collate_reference(rows: Sequence[Any]) -> torch.Tensor:
 
 def _load_initial_model(args, student) -> torch.nn.Module:
     """The zero-shot model ZSCL distils from: `model_name_or_path`, checked against the student's architecture."""
-    from ...models import load_clip
+    from ...models import load_model
 
-    teacher, _ = load_clip(args.model_name_or_path, local_files_only=args.local_files_only)
+    teacher, _ = load_model(args.model_name_or_path, local_files_only=args.local_files_only)
     mine = {k: tuple(v.shape) for k, v in unwrap(student).state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
     if mine != theirs:
@@ -331,7 +331,7 @@ class ZSCLTrainer(CLIPCLTrainer):
 
         image_processor = getattr(self.processing_class, "image_processor", None)
         if image_processor is None:
-            raise ValueError("zscl_reference_dataset needs processing_class= a CLIPProcessor (its image processor "
+            raise ValueError("zscl_reference_dataset needs processing_class= the model's processor (its image processor "
                              "transforms the reference images).")
         spec = DatasetSpec.from_dict(spec_dict)
         raw = load_spec(spec)
