@@ -27,13 +27,15 @@ def tiny_model(name: str, seed: int = 0, **overrides: Any):
     Returns:
         `tuple[model, processor]`: the model in eval mode and its processor (tokenizer fixtures from `clip_cl/assets`).
     """
-    from .adapters import ADAPTERS, adapter_for_tiny_name
+    from .adapters import ADAPTERS, adapter_for_tiny_name, tag_tokenizer
 
     adapter = adapter_for_tiny_name(name)
     if adapter is None:
         names = ", ".join(repr(a.tiny_name) for a in ADAPTERS.values() if a.tiny_name)
         raise ValueError(f"Unknown tiny model {name!r}; use one of {names}.")
-    return adapter.tiny(seed, **overrides)
+    model, processor = adapter.tiny(seed, **overrides)
+    tag_tokenizer(processor, model)
+    return model, processor
 
 
 def _looks_local(name: str) -> bool:
@@ -99,6 +101,8 @@ def _load_family(adapter, name: str, *, dtype=None, **kwargs: Any):
     """Model and processor of a known family (see [`load_model`])."""
     from transformers import AutoProcessor
 
+    from .adapters import tag_tokenizer
+
     try:
         # float32 unless asked otherwise: a checkpoint stored in half precision (like examples/models/world-clip)
         # must not silently train in fp16; mixed precision comes from the Trainer's bf16/fp16 flags instead.
@@ -118,6 +122,7 @@ def _load_family(adapter, name: str, *, dtype=None, **kwargs: Any):
         # Checkpoints written by older tools may lack a processor: fall back to the packaged tokenizer of the family
         # and a standard image processor of the model's resolution.
         processor = adapter.processor_for(model)
+    tag_tokenizer(processor, model)
     model.eval()
     return model, processor
 

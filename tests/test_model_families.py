@@ -97,6 +97,19 @@ def test_pseudo_texts_never_sample_special_ids_and_pad_as_the_family_requires(na
             assert (ids[:, n_frame - 1] == rules.suffix[-1]).all()
 
 
+def test_a_tokenizer_tagged_with_the_models_family_follows_its_rules():
+    from transformers import PreTrainedTokenizerFast
+
+    from clip_cl.adapters import tag_tokenizer
+    from clip_cl.adapters.siglip import SIGLIP2_TOKENIZER_DIR
+
+    model, _ = tiny_model("tiny-random-siglip2")
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(SIGLIP2_TOKENIZER_DIR / "tokenizer.json"), pad_token="<pad>")
+    assert tokenize(tok, ["a cat"])["input_ids"].shape[1] < 64  # a class of no family: padding to the longest
+    tag_tokenizer(tok, model)
+    assert tokenize(tok, ["a cat"])["input_ids"].shape[1] == 64
+
+
 def test_unknown_models_fail_with_the_supported_families(tmp_path):
     with pytest.raises(TypeError, match="clip.*siglip.*siglip2"):
         get_adapter(torch.nn.Linear(2, 2))

@@ -14,6 +14,7 @@ from .registry import (
     get_adapter,
     register_adapter,
     supported_families,
+    tag_tokenizer,
 )
 from .siglip import Siglip2Adapter, SiglipAdapter, naflex_inputs, size_for_patch_budget
 
@@ -32,6 +33,7 @@ __all__ = [
     "register_adapter",
     "size_for_patch_budget",
     "supported_families",
+    "tag_tokenizer",
     "unwrap_model",
 ]
 

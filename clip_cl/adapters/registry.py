@@ -5,7 +5,11 @@ from __future__ import annotations
 from .base import ModelAdapter, unwrap_model
 
 __all__ = ["ADAPTERS", "register_adapter", "get_adapter", "adapter_for_tokenizer", "adapter_for_model_type",
-           "adapter_for_tiny_name", "supported_families"]
+           "adapter_for_tiny_name", "supported_families", "tag_tokenizer", "FAMILY_ATTRIBUTE"]
+
+#: Attribute set on a tokenizer to the family of the model it serves (`tag_tokenizer`), so that tokenisation
+#: follows the model's rules even for a tokenizer class of no registered family.
+FAMILY_ATTRIBUTE = "clip_cl_family"
 
 #: Registered adapters by family name, in registration order.
 ADAPTERS: dict[str, ModelAdapter] = {}
@@ -48,10 +52,20 @@ def adapter_for_tokenizer(tokenizer) -> ModelAdapter:
     A tokenizer of no registered family gets the first registered adapter's rules (CLIP's: pad to the longest text).
     """
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    tagged = getattr(tokenizer, FAMILY_ATTRIBUTE, None)  # set by load_model and the trainers: the model's family
+    if tagged in ADAPTERS:
+        return ADAPTERS[tagged]
     for adapter in ADAPTERS.values():
         if adapter.matches_tokenizer(tokenizer):
             return adapter
     return next(iter(ADAPTERS.values()))
+
+
+def tag_tokenizer(tokenizer, model) -> None:
+    """Mark a tokenizer (or a processor's) as serving `model`, whose family's tokenisation rules then apply."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    if tokenizer is not None:
+        setattr(tokenizer, FAMILY_ATTRIBUTE, get_adapter(model).family)
 
 
 def adapter_for_model_type(model_type: str) -> ModelAdapter:

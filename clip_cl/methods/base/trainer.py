@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from ...adapters import get_adapter
+from ...adapters import get_adapter, tag_tokenizer
 from ...features import concat_tokens, image_features, logit_bias, logit_scale, tokenize
 from ...io import atomic_write_json, read_json
 from ...prompts import class_text_features, format_prompts
@@ -130,6 +130,7 @@ class CLIPCLTrainer(Trainer):
         if len(self.class_ids) != len(self.class_names):
             raise ValueError(f"class_ids has {len(self.class_ids)} entries for {len(class_names)} class names.")
         self.clip_tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        tag_tokenizer(self.clip_tokenizer, model)  # texts follow the model family's rules (padding, frame)
 
         # The teacher is the model as it is now (session start), before any step: copy before anything changes it.
         teacher = None
