@@ -33,13 +33,13 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import CLIPModel
+from transformers import PreTrainedModel
 from transformers.trainer_utils import set_seed
 
 from .io import atomic_save_dir, atomic_write_json, atomic_write_text, read_json
 from .methods import get_method
 from .methods.base.config import CLIPCLConfig
-from .models import load_clip
+from .models import load_model
 
 __all__ = ["run_protocol", "build_protocol", "build_evaluator", "config_fingerprint", "RunFolderError"]
 
@@ -250,7 +250,7 @@ def _complete_trainer_state(path: Path) -> bool:
         return False
 
 
-def _save_model(model: CLIPModel, processor, path: Path) -> None:
+def _save_model(model: PreTrainedModel, processor, path: Path) -> None:
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)  # safetensors
         processor.save_pretrained(tmp)
@@ -258,7 +258,7 @@ def _save_model(model: CLIPModel, processor, path: Path) -> None:
     atomic_save_dir(path, write)
 
 
-def _load_weights(model: CLIPModel, path: Path) -> None:
+def _load_weights(model: PreTrainedModel, path: Path) -> None:
     from safetensors.torch import load_file
 
     file = path / "model.safetensors"
@@ -332,7 +332,7 @@ def run_protocol(config: CLIPCLConfig) -> dict:
     _prepare_folder(out, config, state)
     set_seed(config.seed)
 
-    model, processor = load_clip(config.model_name_or_path, local_files_only=config.local_files_only)
+    model, processor = load_model(config.model_name_or_path, local_files_only=config.local_files_only)
     model.to(state.device)
     protocol = build_protocol(config)
     skipped: dict[str, int] = {}

@@ -165,7 +165,7 @@ def encode_image_dataset(
     `accelerate` processes each encodes a contiguous shard and the results are gathered on every process.
 
     Args:
-        model (`torch.nn.Module`): a `CLIPModel` (DDP/FSDP/compiled wrappers are fine).
+        model (`torch.nn.Module`): a model of a supported family (DDP/FSDP/compiled wrappers are fine).
         dataset: map-style dataset whose rows hold `pixel_values` and `labels` (or `label`) and/or `captions`.
         batch_size (`int`, defaults to 256): images per forward pass (per process).
         num_workers (`int`, defaults to 0): `DataLoader` workers.
@@ -277,7 +277,7 @@ def zero_shot_eval(model, tokenizer, dataset, class_names: Sequence[str],
     """Zero-shot classification accuracy with a prompt-ensemble classifier.
 
     Args:
-        model: a `CLIPModel`.
+        model: a model of a supported family (`clip_cl.adapters`).
         tokenizer: its tokenizer.
         dataset: rows with `pixel_values` and `labels` indexing `class_names`.
         class_names (`Sequence[str]`): the class names, in label order.
@@ -303,7 +303,7 @@ def retrieval_eval(model, tokenizer, dataset, folds: int = 1, **kw: Any) -> dict
     """Image-text retrieval Recall@{1,5,10} in both directions, several captions per image.
 
     Args:
-        model: a `CLIPModel`.
+        model: a model of a supported family (`clip_cl.adapters`).
         tokenizer: its tokenizer.
         dataset: rows with `pixel_values` and `captions` (a list of at least one string).
         folds (`int`, defaults to 1): split the images into this many consecutive folds of equal size, rank each
@@ -368,7 +368,7 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
     the union of all sessions; images whose label is in no session are ignored.
 
     Args:
-        model: a `CLIPModel`.
+        model: a model of a supported family (`clip_cl.adapters`).
         tokenizer: its tokenizer.
         dataset: update-task test rows with `pixel_values` and `labels` (indices into `class_names`).
         class_names (`Sequence[str]`): all update-task classes.
@@ -495,7 +495,7 @@ class Evaluator:
         """Evaluate `model` after `seen` learned sessions (0 = before training).
 
         Args:
-            model: the `CLIPModel` (possibly wrapped); its train/eval modes are restored afterwards.
+            model: the model (possibly wrapped); its train/eval modes are restored afterwards.
             seen (`int`): number of update-task sessions learned so far.
 
         Returns:

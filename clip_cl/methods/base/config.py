@@ -39,7 +39,8 @@ class CLIPCLConfig(TrainingArguments):
 
     Parameters that control the model:
         model_name_or_path (`str`, defaults to `"tiny-random"`):
-            Hub id or local folder of the starting CLIP model, or `"tiny-random"` for the test model.
+            Hub id or local folder of the starting model (CLIP, SigLIP or SigLIP 2; docs/models.md), or a tiny random
+            test model: `"tiny-random"` (CLIP), `"tiny-random-siglip"`, `"tiny-random-siglip2"`.
         local_files_only (`bool`, defaults to `False`):
             Never touch the network when loading the model.
         variant (`str`, defaults to `"WM"`):
@@ -98,7 +99,8 @@ class CLIPCLConfig(TrainingArguments):
 
     # ---- model
     model_name_or_path: str = field(default="tiny-random", metadata={
-        "help": "Hub id or local folder of the starting CLIP model, or 'tiny-random' for a small random test model."})
+        "help": "Hub id or local folder of the starting model (CLIP, SigLIP, SigLIP 2), or 'tiny-random' "
+                "('tiny-random-siglip', 'tiny-random-siglip2') for a small random test model."})
     local_files_only: bool = field(default=False, metadata={"help": "Never touch the network when loading the model."})
     variant: str = field(default="WM", metadata={
         "help": "Which part trains: WM (whole model), IO (image encoder only) or TO (text encoder only)."})
@@ -164,7 +166,7 @@ class CLIPCLConfig(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={
         "help": "Where to log: 'none', 'tensorboard', 'wandb', 'all'."})
     remove_unused_columns: bool = field(default=False, metadata={
-        "help": "Keep image columns (CLIPModel's forward signature does not list them)."})
+        "help": "Keep image columns (the models' forward signatures do not list them)."})
     output_dir: str | None = field(default="runs/clip-cl", metadata={"help": "Run folder."})
 
     optim: OptimizerNames | str = field(default="adamw_torch", metadata={
