@@ -115,6 +115,7 @@ def build_protocol(config: CLIPCLConfig):
         class_order_seed=config.class_order_seed,
         zero_shot=[DatasetSpec.from_dict(eval_spec(d)) for d in config.zero_shot_datasets],
         retrieval=[DatasetSpec.from_dict(eval_spec(d)) for d in config.retrieval_datasets],
+        replay=getattr(config, "replay_dataset", None),  # rehearsal methods (er, agem, gem) only
     )
 
 
@@ -394,6 +395,11 @@ def run_protocol(config: CLIPCLConfig) -> dict:
             if getattr(trainer_cls, "_accepts_distill_class_names", False):
                 # LwF-style methods distil the logits of every class seen so far (as CL-CLIP's code does in MST).
                 extra_kwargs["distill_class_names"] = [protocol.class_names[i] for i in seen_ids]
+            if getattr(trainer_cls, "_uses_memory", False):
+                # Rehearsal: the replay set and the exemplar memory of the earlier sessions (memory.json).
+                from .methods.base.rehearsal import rehearsal_inputs
+
+                extra_kwargs.update(rehearsal_inputs(protocol, processor, config, out, t))
             trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, processing_class=processor,
                                   class_names=names, class_ids=ids, **extra_kwargs)
             last = last_complete_checkpoint(args.output_dir)
@@ -404,6 +410,10 @@ def run_protocol(config: CLIPCLConfig) -> dict:
             entry.update({"train_rows": len(train_ds), "train_loss": trainer.session_train_loss,
                           "train_steps": train_out.global_step})
             entry["eval"] = evaluator.evaluate(model, seen=t + 1)
+            if getattr(trainer_cls, "_uses_memory", False):
+                from .methods.base.rehearsal import update_memory
+
+                results["memory"] = update_memory(model, protocol, processor, config, out, t, state)
             extra = trainer.extra_evaluations(lambda m, _t=t: evaluator.evaluate(m, seen=_t + 1))
             if extra:
                 entry["extra"] = extra
