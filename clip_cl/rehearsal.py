@@ -79,12 +79,14 @@ def clip_contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------------------------ flat gradients
-def flat_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+def flat_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None] | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """The gradients of `params` as one float32 vector (a missing gradient counts as zeros).
 
     Args:
         params (`Sequence[torch.Tensor]`): the trainable parameters, in a fixed order.
         grads (`Sequence[torch.Tensor | None]`, *optional*): gradients to flatten instead of `p.grad`.
+        out (`torch.Tensor`, *optional*): a float32 buffer of the right size to write into (no new allocation).
 
     Returns:
         `torch.Tensor`: `[sum(p.numel())]` float32, on the first parameter's device.
@@ -92,8 +94,9 @@ def flat_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | Non
     if not params:
         raise ValueError("flat_grad got no parameters: nothing trains (check the variant).")
     grads = [p.grad for p in params] if grads is None else list(grads)
-    return torch.cat([(torch.zeros(p.numel(), device=p.device) if g is None else g.detach().reshape(-1).float())
-                      for p, g in zip(params, grads)])
+    parts = [(torch.zeros(p.numel(), device=p.device) if g is None else g.detach().reshape(-1).float())
+             for p, g in zip(params, grads)]
+    return torch.cat(parts) if out is None else torch.cat(parts, out=out)
 
 
 def assign_flat_grad(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
@@ -125,17 +128,17 @@ def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> tuple[torch.Tensor, bo
         g_ref (`torch.Tensor`): `[P]` the reference (replay) gradient.
 
     Returns:
-        `tuple[torch.Tensor, bool]`: the (possibly) projected gradient (float32, computed in float64), and whether it
-        was projected. A zero `g_ref` never projects.
+        `tuple[torch.Tensor, bool]`: the (possibly) projected gradient, in `g`'s dtype, and whether it was projected.
+        A zero `g_ref` never projects. The two dot products are reduced in `g`'s dtype (float32: a copy of a
+        150M-entry gradient to float64 would cost more than the rest of the step) and combined in float64.
     """
     if g.shape != g_ref.shape:
         raise ValueError(f"g {tuple(g.shape)} and g_ref {tuple(g_ref.shape)} must have the same shape.")
-    g64, r64 = g.double(), g_ref.double()
-    dot = torch.dot(g64, r64)
-    ref_sq = torch.dot(r64, r64)
-    if not bool(dot < 0) or not bool(ref_sq > 0):
+    dot = float(torch.dot(g, g_ref.to(g.dtype)))
+    ref_sq = float(torch.dot(g_ref, g_ref))
+    if not dot < 0 or not ref_sq > 0:
         return g, False
-    return (g64 - (dot / ref_sq) * r64).to(g.dtype), True
+    return torch.add(g, g_ref.to(g.dtype), alpha=-(dot / ref_sq)), True
 
 
 # -------------------------------------------------------------------------------------------------------------- GEM
@@ -164,10 +167,11 @@ def gem_dual_solve(memories: torch.Tensor, g: torch.Tensor, margin: float = 0.5,
         raise ValueError(f"memories must be [K, P] and g [P], got {tuple(memories.shape)} and {tuple(g.shape)}.")
     if margin < 0 or eps < 0:
         raise ValueError(f"margin and eps must be >= 0, got {margin} and {eps}.")
-    G = memories.double()
-    P = G @ G.t()
+    # The [K, K] Gram matrix and [K] products are reduced in the inputs' dtype (no float64 copy of [K, P]); the
+    # small QP itself runs in float64.
+    P = (memories @ memories.t()).double()
     P = 0.5 * (P + P.t()) + eps * torch.eye(P.shape[0], dtype=P.dtype, device=P.device)
-    q = G @ g.double()
+    q = (memories @ g.to(memories.dtype)).double()
     k = P.shape[0]
     diag = torch.diagonal(P).clamp_min(torch.finfo(P.dtype).tiny)
     # In u = v - margin: minimise 1/2 u'Pu + c'u, u >= 0, with c = q + P (margin * 1).
@@ -208,11 +212,11 @@ def gem_project(g: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, ep
     """
     if memories.numel() == 0 or memories.shape[0] == 0:
         return g, False
-    dots = memories.double() @ g.double()
+    dots = memories @ g.to(memories.dtype)
     if not bool((dots < 0).any()):
         return g, False
     v = gem_dual_solve(memories, g, margin=margin, eps=eps)
-    return (memories.double().t() @ v + g.double()).to(g.dtype), True
+    return g + (v.to(memories.dtype) @ memories).to(g.dtype), True
 
 
 # --------------------------------------------------------------------------------------------------- replay draws

@@ -111,6 +111,12 @@ class RehearsalConfig(CLIPCLConfig):
                 f"{'' if self.protocol == 'ost' else ', or memory_size > 0'}.")
 
 
+def _rows(dataset, indices: list[int]) -> list[dict]:
+    """Rows of a `datasets.Dataset` (one batched read, transform applied) or of any indexable dataset."""
+    getitems = getattr(dataset, "__getitems__", None)
+    return list(getitems(indices)) if getitems is not None else [dataset[i] for i in indices]
+
+
 @dataclass
 class ReplayBatch:
     """One draw of replay data, on the training device.
@@ -253,8 +259,8 @@ class RehearsalTrainer(CLIPCLTrainer):
         seed = int(self.args.seed)
         if with_pairs and self.replay_data is not None:
             idx = replay_indices(len(self.replay_data), self.replay_batch_size, draw, seed, self._stream(_PAIRS))
-            rows = self.replay_data[idx]
-            out.pair_pixels = torch.stack(list(rows["pixel_values"])).to(device, non_blocking=True)
+            rows = _rows(self.replay_data, idx)
+            out.pair_pixels = torch.stack([r["pixel_values"] for r in rows]).to(device, non_blocking=True)
             out.pair_tokens = tokenize(self.clip_tokenizer, self._captions(rows, idx, draw), device)
         if self.memory_data is not None and sessions != []:
             pool = list(range(len(self.memory_data))) if sessions is None else [
@@ -262,9 +268,9 @@ class RehearsalTrainer(CLIPCLTrainer):
             if pool:
                 stream = self._stream(_MEMORY + stream_offset)
                 idx = [pool[i] for i in replay_indices(len(pool), self.memory_batch_size, draw, seed, stream)]
-                rows = self.memory_data[idx]
-                out.memory_pixels = torch.stack(list(rows["pixel_values"])).to(device, non_blocking=True)
-                labels = torch.as_tensor(rows["labels"], dtype=torch.long)
+                rows = _rows(self.memory_data, idx)
+                out.memory_pixels = torch.stack([r["pixel_values"] for r in rows]).to(device, non_blocking=True)
+                labels = torch.tensor([int(r["labels"]) for r in rows], dtype=torch.long)
                 targets = self._seen_lookup[labels.clamp(0, self._seen_lookup.numel() - 1)]
                 if (labels >= self._seen_lookup.numel()).any() or (targets < 0).any():
                     raise ValueError(f"Memory rows have labels {sorted(set(labels.tolist()))} outside the seen "
@@ -272,14 +278,15 @@ class RehearsalTrainer(CLIPCLTrainer):
                 out.memory_targets = targets.to(device)
         return out
 
-    def _captions(self, rows: dict, idx: list[int], draw: int) -> list[str]:
+    def _captions(self, rows: list[dict], idx: list[int], draw: int) -> list[str]:
         """One caption per pair: a seeded choice among an image's captions, or its class's training prompt."""
         templates = self.args.train_templates
         if self.replay_class_names is not None:
-            return [templates[(i + draw) % len(templates)].format(self.replay_class_names[int(c)])
-                    for i, c in zip(idx, rows["labels"])]
+            return [templates[(i + draw) % len(templates)].format(self.replay_class_names[int(r["labels"])])
+                    for i, r in zip(idx, rows)]
         captions = []
-        for i, caps in zip(idx, rows["captions"]):
+        for i, row in zip(idx, rows):
+            caps = row["captions"]
             caps = [caps] if isinstance(caps, str) else list(caps)
             if not caps:
                 raise RehearsalError(f"Replay row {i} has no caption; drop caption-less rows from replay_dataset.")
@@ -456,8 +463,9 @@ class GradientProjectionTrainer(RehearsalTrainer):
         """The projected update gradient `[P]` given the reference gradients `[K, P]`, and whether it changed."""
         raise NotImplementedError
 
-    def reference_gradient(self, batch: ReplayBatch) -> torch.Tensor:
-        """The flat gradient `[P]` (float32) of the replay loss of `batch`, averaged over processes."""
+    def reference_gradient(self, batch: ReplayBatch, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The flat gradient `[P]` (float32) of the replay loss of `batch`, averaged over processes (written into
+        `out` when given)."""
         params = self.trainable_parameters()
         model = unwrap(self.model)
         with self.accelerator.autocast():
@@ -468,10 +476,20 @@ class GradientProjectionTrainer(RehearsalTrainer):
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         from ...rehearsal import flat_grad
 
-        flat = flat_grad(params, grads)
+        flat = flat_grad(params, grads, out=out)
         if self.accelerator.num_processes > 1:
             flat = self.accelerator.reduce(flat, reduction="mean")
+            if out is not None:
+                out.copy_(flat)
         return flat
+
+    def _buffer(self, name: str, shape: tuple[int, ...], device) -> torch.Tensor:
+        """A float32 buffer kept across steps (flat gradients are the size of the model: allocate them once)."""
+        buf = getattr(self, name, None)
+        if buf is None or tuple(buf.shape) != shape or buf.device != torch.device(device):
+            buf = torch.empty(shape, dtype=torch.float32, device=device)
+            setattr(self, name, buf)
+        return buf
 
     def project_gradients(self) -> bool:
         """Project the accumulated gradient in place (called once per optimizer step). Returns whether it changed."""
@@ -480,14 +498,17 @@ class GradientProjectionTrainer(RehearsalTrainer):
         batches = [b for b in self.reference_batches(int(self.state.global_step)) if not b.empty]
         if not batches:
             return False
-        references = torch.stack([self.reference_gradient(b) for b in batches])
         params = self.trainable_parameters()
-        g = flat_grad(params)
+        size, device = sum(p.numel() for p in params), params[0].device
+        references = self._buffer("_reference_buffer", (len(batches), size), device)
+        for k, batch in enumerate(batches):
+            self.reference_gradient(batch, out=references[k])
+        g = flat_grad(params, out=self._buffer("_update_buffer", (size,), device))
         scaler = getattr(self.accelerator, "scaler", None)
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
-        projected, changed = self.project(g / scale, references)
+        projected, changed = self.project(g / scale if scale != 1.0 else g, references)
         if changed:
-            assign_flat_grad(params, projected * scale)
+            assign_flat_grad(params, projected * scale if scale != 1.0 else projected)
         self._metrics["projected"].append(float(changed))
         return changed
 
