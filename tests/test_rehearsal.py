@@ -272,3 +272,20 @@ def test_empty_replay_dataset_is_refused(tmp_path):
     args = trainer_args(AGEMConfig, tmp_path, protocol="mst", num_sessions=2)
     with pytest.raises(RehearsalError, match="no rows"):
         AGEMTrainer(model=model, args=args, processing_class=processor, class_names=["a"], replay_dataset=[])
+
+
+def test_rehearsal_flops_are_their_floor():
+    """FLOPs are exact: A-GEM's and GEM's step is FT + one replay forward/backward. ER computes the same plus the
+    padding of its single text call (class prompts padded to the replay captions' length): 1.052x at batch 4, 1.028x
+    at 16, 1.009x at 64 (docs/performance.md); the bound only says nothing else is added."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_flops
+
+    res = bench_flops.bench("tiny", 4, torch.device("cpu"), ["ft", "er", "agem", "gem"], pool_size=8,
+                            log=lambda *a: None)
+    rows = res["rows"]
+    assert rows["agem"]["vs_floor"] == pytest.approx(1.0, abs=1e-3)
+    assert rows["gem"]["vs_floor"] == pytest.approx(1.0, abs=1e-3)
+    assert 1.0 <= rows["er"]["vs_floor"] < 1.1
