@@ -387,9 +387,9 @@ def run_protocol(config: CLIPCLConfig) -> dict:
 
             train_name = f"{protocol.update_train.name}/{protocol.update_train.split}"
             raw = _checked(raw, train_name, config, skipped)
-            train_ds = with_image_transform(raw, processor.image_processor, train=True, label_column="label",
-                                            dataset_name=train_name)
             args = _session_args(config, session_dir, t)
+            train_ds = with_image_transform(raw, processor.image_processor, train=True, label_column="label",
+                                            dataset_name=train_name, seed=args.seed)
             set_seed(args.seed)
             extra_kwargs = {}
             if getattr(trainer_cls, "_accepts_distill_class_names", False):

@@ -17,7 +17,9 @@ from .protocol import Protocol, build_sessions
 from .specs import BUILDERS, DatasetSpec, class_names_of, infer_builder, label_array, load_spec, subsample
 from .transforms import (
     CorruptImageError,
+    EpochSampler,
     ImageTransform,
+    KeyedTrainDataset,
     build_image_transform,
     collate_classification,
     collate_retrieval,
@@ -33,7 +35,9 @@ __all__ = [
     "CocoObjectsConfig",
     "CorruptImageError",
     "DatasetSpec",
+    "EpochSampler",
     "ImageTransform",
+    "KeyedTrainDataset",
     "Protocol",
     "build_image_transform",
     "build_sessions",

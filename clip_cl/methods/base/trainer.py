@@ -206,6 +206,18 @@ class CLIPCLTrainer(Trainer):
                 return torch.float16
         return torch.float32
 
+    def _get_train_sampler(self, train_dataset=None):
+        # Rows built by `clip_cl.data.with_image_transform(train=True)` draw their crops and flips from keys that the
+        # epoch-aware sampler hands out (see clip_cl/data/transforms.py): augmentation then does not depend on the
+        # global RNG's history, so a run resumed mid-epoch trains on the same pixels as an uninterrupted one.
+        from ...data import KeyedTrainDataset
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, KeyedTrainDataset):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return dataset.epoch_sampler(seed)
+        return super()._get_train_sampler(train_dataset)
+
     def _set_signature_columns_if_needed(self):
         # CLIPModel.forward does not list `pixel_values`/`labels` the way we use them: keep them explicitly.
         if self._signature_columns is None:
