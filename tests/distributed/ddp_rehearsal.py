@@ -47,4 +47,5 @@ def main(out_dir: str, method: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    for name in sys.argv[2:]:  # one launch for several methods (each launch costs a process group start)
+        main(f"{sys.argv[1]}/{name}", name)
