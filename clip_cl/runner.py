@@ -162,6 +162,7 @@ def build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[str
         batch_size=config.per_device_eval_batch_size,
         num_workers=config.dataloader_num_workers,
         autocast_dtype=autocast,
+        image_processor=ip,
     )
 
 
