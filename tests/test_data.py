@@ -422,3 +422,29 @@ def test_keyed_augmentation_ignores_global_rng_and_workers(tiny_processor):
     assert not torch.equal(_epoch_pixels(other, epoch=1), reference)
     # a key is epoch * rows + row: the same row in the same epoch is always the same pixels
     assert torch.equal(dataset[12 + 5]["pixel_values"], dataset.__getitems__([3, 12 + 5])[1]["pixel_values"])
+
+
+def test_image_cache_gives_identical_rows_and_is_shared_by_selections(tmp_path, tiny_processor):
+    toy = _toy(12)
+    cache_dir = tmp_path / "cache"
+    for train in (True, False):
+        plain = with_image_transform(toy, tiny_processor, train=train, label_column="label", seed=4)
+        cached = with_image_transform(toy, tiny_processor, train=train, label_column="label", seed=4,
+                                      cache_dir=cache_dir)
+        keys = [0, 5, 11] + ([12 + 3, 24 + 7] if train else [])
+        for a, b in zip(plain.__getitems__(keys), cached.__getitems__(keys)):
+            assert torch.equal(a["pixel_values"], b["pixel_values"]) and a["labels"] == b["labels"]
+    assert len(list(cache_dir.glob("*.u8"))) == 2  # one per transform geometry
+    # a session's selection of the same table reuses the file, and maps its rows onto it
+    part = toy.select([7, 2, 9])
+    before = sorted(p.stat().st_mtime_ns for p in cache_dir.iterdir())
+    cached = with_image_transform(part, tiny_processor, train=False, label_column="label", cache_dir=cache_dir)
+    assert sorted(p.stat().st_mtime_ns for p in cache_dir.iterdir()) == before
+    plain = with_image_transform(part, tiny_processor, train=False, label_column="label")
+    assert all(torch.equal(cached[i]["pixel_values"], plain[i]["pixel_values"]) for i in range(3))
+    # other pixels, other checksum: a new file
+    with_image_transform(_toy(12, gray=True), tiny_processor, train=False, label_column="label", cache_dir=cache_dir)
+    assert len(list(cache_dir.glob("*.u8"))) == 3
+    # workers reopen the memory map from the pickled paths
+    clone = pickle.loads(pickle.dumps(cached))
+    assert torch.equal(clone[1]["pixel_values"], plain[1]["pixel_values"])

@@ -33,6 +33,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvF
 
 __all__ = [
+    "CachedRows",
     "CorruptImageError",
     "EpochSampler",
     "ImageTransform",
@@ -120,7 +121,13 @@ class ImageTransform:
         # int() truncation as transformers' `get_resize_output_image_size`, so evaluation matches the image processor.
         return (short, int(short * width / height)) if height <= width else (int(short * height / width), short)
 
-    def __call__(self, image: torch.Tensor | Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+    def cache_key(self) -> dict:
+        """What [`prepare`] depends on (names an [`ImageCache`] entry)."""
+        return {"resize": self.resize, "crop_size": self.crop_size, "train": self.train,
+                "interpolation": self.interpolation.value, "antialias": True}
+
+    def prepare(self, image: torch.Tensor | Image.Image) -> torch.Tensor:
+        """The deterministic part: RGB, resize, and for evaluation the centre crop (what an [`ImageCache`] stores)."""
         if isinstance(image, Image.Image):
             image = _pil_to_uint8(image)
         if image.shape[0] == 1:
@@ -130,16 +137,26 @@ class ImageTransform:
         if size != (height, width):
             image = tvF.resize(image, list(size), interpolation=self.interpolation, antialias=True)
             height, width = size
+        if not self.train:
+            ch, cw = self.crop_size
+            image = tvF.crop(image, int((height - ch) / 2.0), int((width - cw) / 2.0), ch, cw)
+        return image.contiguous()
+
+    def finish(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The random part, on a [`prepare`]d image: random crop and horizontal flip when training, else nothing."""
+        if not self.train:
+            return image
+        height, width = image.shape[-2:]
         ch, cw = self.crop_size
-        if self.train:
-            top = int(torch.randint(0, max(height - ch, 0) + 1, (1,), generator=generator))
-            left = int(torch.randint(0, max(width - cw, 0) + 1, (1,), generator=generator))
-        else:
-            top, left = int((height - ch) / 2.0), int((width - cw) / 2.0)
+        top = int(torch.randint(0, max(height - ch, 0) + 1, (1,), generator=generator))
+        left = int(torch.randint(0, max(width - cw, 0) + 1, (1,), generator=generator))
         image = tvF.crop(image, top, left, ch, cw)
-        if self.train and bool(torch.rand((), generator=generator) < 0.5):
+        if bool(torch.rand((), generator=generator) < 0.5):
             image = tvF.horizontal_flip(image)
         return image.contiguous()
+
+    def __call__(self, image: torch.Tensor | Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.finish(self.prepare(image), generator)
 
 
 def build_image_transform(image_processor, train: bool) -> ImageTransform:
@@ -304,19 +321,21 @@ class _RowTransform:
         self.captions_column = captions_column
         self.dataset_name = dataset_name
 
-    def _pixels(self, value: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+    def decode(self, value: Any) -> torch.Tensor:
+        """`uint8 [3, H, W]` of a stored image, or a [`CorruptImageError`] naming the dataset, the row and the path."""
         try:
-            image = decode_rgb(value)
+            return decode_rgb(value)
         except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
             index = _find_row(self.raw, self.image_column, value) if isinstance(value, Mapping) else None
             raise CorruptImageError(_corrupt_message(self.dataset_name, index, value or {}, err)) from err
-        return self.image_transform(image, generator) if generator is not None else self.image_transform(image)
 
-    def __call__(self, batch: dict[str, list], generators: Sequence[torch.Generator] | None = None
-                 ) -> dict[str, list]:
-        values = batch[self.image_column]
-        gens = generators if generators is not None else [None] * len(values)
-        out: dict[str, list] = {"pixel_values": [self._pixels(v, g) for v, g in zip(values, gens)]}
+    def __call__(self, batch: dict[str, list], generators: Sequence[torch.Generator] | None = None,
+                 prepared: Sequence[torch.Tensor] | None = None) -> dict[str, list]:
+        """Rows of `batch`; `prepared` (from an [`ImageCache`]) replaces decoding and the deterministic resize."""
+        if prepared is None:
+            prepared = [self.image_transform.prepare(self.decode(v)) for v in batch[self.image_column]]
+        gens = generators if generators is not None else [None] * len(prepared)
+        out: dict[str, list] = {"pixel_values": [self.image_transform.finish(p, g) for p, g in zip(prepared, gens)]}
         if self.label_column is not None:
             out["labels"] = [int(v) for v in batch[self.label_column]]
         if self.captions_column is not None:
@@ -377,7 +396,36 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter((order + self.epoch * self.num_rows).tolist())
 
 
-class KeyedTrainDataset(torch.utils.data.Dataset):
+class _Rows(torch.utils.data.Dataset):
+    """Rows of `rows` through `row_transform`, read a batch at a time; images come from `cache` when given."""
+
+    def __init__(self, rows: datasets.Dataset, row_transform: _RowTransform, cache=None):
+        self.rows, self.row_transform, self.cache = rows, row_transform, cache
+        # With a cache the image column is never read (nor its bytes copied out of Arrow).
+        meta = [c for c in rows.column_names if c != row_transform.image_column]
+        self._meta = rows.select_columns(meta) if cache is not None else rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _read(self, rows: list[int], generators=None) -> list[dict[str, Any]]:
+        batch = self._meta[rows]  # one Arrow read for the whole batch
+        prepared = [self.cache[r] for r in rows] if self.cache is not None else None
+        out = self.row_transform(batch, generators, prepared)
+        return [dict(zip(out, values)) for values in zip(*out.values())]
+
+
+class CachedRows(_Rows):
+    """Evaluation rows whose decoded, centre-cropped images come from an [`ImageCache`] (see `image_cache_dir`)."""
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return self._read([int(i) for i in indices])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._read([int(index)])[0]
+
+
+class KeyedTrainDataset(_Rows):
     """Training rows whose random augmentation is a function of `(seed, epoch, row)` only (see the comment above).
 
     Index it with a key `epoch * len(self) + row` (what [`EpochSampler`] yields); a plain row index reads epoch 0.
@@ -387,13 +435,12 @@ class KeyedTrainDataset(torch.utils.data.Dataset):
         rows (`datasets.Dataset`): the split with its image column undecoded, restricted to the columns used.
         row_transform: the batch transform (decoding, augmentation with a per-sample generator, labels).
         seed (`int`): seed of the augmentation.
+        cache ([`ImageCache`], *optional*): decoded, resized images of `rows` (the crops and flips stay per sample).
     """
 
-    def __init__(self, rows: datasets.Dataset, row_transform: _RowTransform, seed: int):
-        self.rows, self.row_transform, self.seed = rows, row_transform, int(seed)
-
-    def __len__(self) -> int:
-        return len(self.rows)
+    def __init__(self, rows: datasets.Dataset, row_transform: _RowTransform, seed: int, cache=None):
+        super().__init__(rows, row_transform, cache)
+        self.seed = int(seed)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_rows={len(self)}, seed={self.seed}, transform={self.row_transform.image_transform})"
@@ -407,9 +454,7 @@ class KeyedTrainDataset(torch.utils.data.Dataset):
         pairs = [divmod(int(k), n) for k in keys]
         if any(epoch < 0 for epoch, _ in pairs):
             raise IndexError(f"Negative keys {[k for k in keys if int(k) < 0]} for a dataset of {n} rows.")
-        batch = self.rows[[row for _, row in pairs]]  # one Arrow read for the whole batch
-        out = self.row_transform(batch, [_keyed_generator(self.seed, e, r) for e, r in pairs])
-        return [dict(zip(out, values)) for values in zip(*out.values())]
+        return self._read([row for _, row in pairs], [_keyed_generator(self.seed, e, r) for e, r in pairs])
 
     def __getitem__(self, key: int) -> dict[str, Any]:
         return self.__getitems__([key])[0]
@@ -417,7 +462,8 @@ class KeyedTrainDataset(torch.utils.data.Dataset):
 
 def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: bool, image_column: str = "image",
                          label_column: str | None = None, captions_column: str | None = None,
-                         dataset_name: str | None = None, seed: int = 0) -> datasets.Dataset | KeyedTrainDataset:
+                         dataset_name: str | None = None, seed: int = 0, cache_dir: str | os.PathLike | None = None
+                         ) -> datasets.Dataset | KeyedTrainDataset | CachedRows:
     """A view of `dataset` whose rows are model inputs, transformed lazily (`dataset.with_transform`) as they are read.
 
     Args:
@@ -429,12 +475,15 @@ def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: b
         captions_column (`str`, *optional*): for retrieval: rows get `"captions"` (a `list[str]`).
         dataset_name (`str`, *optional*): named in the error raised for an unreadable image.
         seed (`int`, defaults to 0): seed of the training augmentation (ignored when `train=False`).
+        cache_dir (`str`, *optional*): a folder for a `uint8` cache of the decoded, resized images
+            ([`ImageCache`], built on first use over the whole underlying table and shared by every selection of it);
+            `None` (default) decodes every time. Results are identical either way.
 
     Returns:
         `datasets.Dataset` (evaluation) or [`KeyedTrainDataset`] (training: crops and flips keyed by seed, epoch and
         row, so a resumed run or another number of loader workers draws the same ones): rows
         `{"pixel_values": uint8 Tensor[3, H, W], "labels": int}` or
-        `{"pixel_values", "captions": list[str]}`. An unreadable image raises [`CorruptImageError`] naming the
+        `{"pixel_values", "captions": list[str]}` ([`CachedRows`] when evaluating from a cache). An unreadable image raises [`CorruptImageError`] naming the
         dataset, the row and the image path. Batch rows with [`collate_classification`] / [`collate_retrieval`].
     """
     for column in (image_column, label_column, captions_column):
@@ -445,8 +494,16 @@ def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: b
     transform = _RowTransform(raw, build_image_transform(image_processor, train), image_column, label_column,
                               captions_column, dataset_name)
     columns = [c for c in (image_column, label_column, captions_column) if c is not None]
+    cache = None
+    if cache_dir is not None:
+        from .cache import ImageCache
+
+        cache = ImageCache.for_dataset(raw, image_column, transform.image_transform, cache_dir, transform.decode,
+                                       dataset_name)
     if train:
-        return KeyedTrainDataset(raw.select_columns(columns), transform, seed)
+        return KeyedTrainDataset(raw.select_columns(columns), transform, seed, cache)
+    if cache is not None:
+        return CachedRows(raw.select_columns(columns), transform, cache)
     return raw.with_transform(transform, columns=columns)
 
 
