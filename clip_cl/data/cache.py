@@ -90,6 +90,10 @@ class ImageCache:
             self._index = np.load(self.index_path)
             self._data = np.memmap(self.data_path, dtype=np.uint8, mode="r") if self.nbytes else np.zeros(0, np.uint8)
         offset, h, w = (int(v) for v in self._index[self.rows[i]])
+        if h == 0:
+            raise ValueError(f"Row {i} could not be decoded when the cache {self.data_path} was built; drop unreadable "
+                             "rows first (clip_cl.data.verify_images(dataset, skip_corrupt=True), or "
+                             "--skip_corrupt_images true).")
         return torch.from_numpy(np.array(self._data[offset:offset + 3 * h * w]).reshape(3, h, w))
 
     @classmethod
@@ -102,7 +106,7 @@ class ImageCache:
             image_column (`str`): the image column.
             transform ([`ImageTransform`]): its `prepare` is what is cached; `cache_key()` names the geometry.
             cache_dir (`str` or `os.PathLike`): the folder of cache files (created if needed).
-            decode (`Callable`): `value -> uint8 [3, H, W]` (errors propagate: build after `verify_images`).
+            decode (`Callable`): `value -> uint8 [3, H, W]`; a row it cannot read is stored empty and raises when read.
             dataset_name (`str`, *optional*): for the log line.
 
         Returns:
@@ -128,7 +132,10 @@ class ImageCache:
                 row = 0
                 for batch in table.select([image_column]).to_batches(max_chunksize=256):
                     for value in batch.column(0).to_pylist():  # {"bytes", "path"}: the stored, undecoded image
-                        pixels = transform.prepare(decode(value)).contiguous()
+                        try:
+                            pixels = transform.prepare(decode(value)).contiguous()
+                        except Exception:  # noqa: BLE001 - an unreadable row (rows dropped by verify_images stay in the table)
+                            pixels = torch.zeros((3, 0, 0), dtype=torch.uint8)
                         _, h, w = pixels.shape
                         index[row] = (offset, h, w)
                         out.write(pixels.numpy().tobytes())
