@@ -143,6 +143,7 @@ class ImageCache:
                         row += 1
             tmp_index = str(index_path) + ".tmp.npy"
             np.save(tmp_index, index)
+            os.chmod(tmp_data, 0o644)  # mkstemp creates 0600; other users' runs may share the folder
             os.replace(tmp_data, data_path)  # data first: the index's presence marks a complete cache
             os.replace(tmp_index, index_path)
         except BaseException:
