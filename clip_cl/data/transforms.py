@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -178,6 +179,12 @@ def build_image_transform(image_processor, train: bool) -> ImageTransform:
         crop = size  # processors that resize to a fixed (height, width) and do not crop
     crop_hw = (_get(crop, "height"), _get(crop, "width"))
     shortest = _get(size, "shortest_edge")
+    budget, patch = getattr(image_processor, "max_num_patches", None), getattr(image_processor, "patch_size", None)
+    if None in crop_hw and shortest is None and budget and patch:
+        # Patch-budget (NaFlex) processors have no fixed size: crop the largest square that fits the budget; the
+        # model's adapter turns it into patches (clip_cl.adapters).
+        crop_hw = (math.isqrt(int(budget)) * int(patch),) * 2
+        shortest = crop_hw[0]
     if None in crop_hw:
         if shortest is None:
             raise ValueError(f"Cannot read the image size from {type(image_processor).__name__}: it has neither "
