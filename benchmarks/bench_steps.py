@@ -142,7 +142,7 @@ def rehearsal_name(trainers: dict) -> str:
 def replay_floor(trainer, prepared_model, batch_size: int):
     """One forward/backward of CLIP's contrastive loss on a replay batch of `batch_size` pairs (the part of a
     rehearsal step that FT does not have), through the same model and autocast as the steps."""
-    from clip_cl.features import image_features, text_features, tokenize
+    from clip_cl.features import image_features, logit_scale, text_features, tokenize
     from clip_cl.methods.base.trainer import unwrap
     from clip_cl.rehearsal import clip_contrastive_loss
 
@@ -155,7 +155,7 @@ def replay_floor(trainer, prepared_model, batch_size: int):
     def step():
         with trainer.accelerator.autocast():
             loss = clip_contrastive_loss(image_features(model, pixels), text_features(model, **tokens),
-                                         model.logit_scale.exp())
+                                         logit_scale(model))
         loss.backward()
         for p in params:
             p.grad = None

@@ -13,8 +13,11 @@ train = with_image_transform(protocol.session_train(0), processor.image_processo
 """
 
 from .coco import CocoCaptions, CocoCaptionsConfig, CocoObjects, CocoObjectsConfig, load_coco
+from .eurosat import EuroSAT, EuroSATConfig, load_eurosat
+from .flickr30k import Flickr30k, Flickr30kConfig, load_flickr30k
 from .protocol import Protocol, build_sessions
 from .specs import BUILDERS, DatasetSpec, class_names_of, infer_builder, label_array, load_spec, subsample
+from .tiered_imagenet import TieredImageNet, TieredImageNetConfig, load_tiered_imagenet, tiered_imagenet_classes
 from .transforms import (
     CorruptImageError,
     EpochSampler,
@@ -23,6 +26,8 @@ from .transforms import (
     build_image_transform,
     collate_classification,
     collate_retrieval,
+    decode_rgb,
+    normalize_pixels,
     verify_images,
     with_image_transform,
 )
@@ -36,19 +41,31 @@ __all__ = [
     "CorruptImageError",
     "DatasetSpec",
     "EpochSampler",
+    "EuroSAT",
+    "EuroSATConfig",
+    "Flickr30k",
+    "Flickr30kConfig",
     "ImageTransform",
     "KeyedTrainDataset",
     "Protocol",
+    "TieredImageNet",
+    "TieredImageNetConfig",
     "build_image_transform",
     "build_sessions",
     "class_names_of",
     "collate_classification",
     "collate_retrieval",
+    "decode_rgb",
     "infer_builder",
     "label_array",
     "load_coco",
+    "load_eurosat",
+    "load_flickr30k",
     "load_spec",
+    "load_tiered_imagenet",
+    "normalize_pixels",
     "subsample",
+    "tiered_imagenet_classes",
     "verify_images",
     "with_image_transform",
 ]

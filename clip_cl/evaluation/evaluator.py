@@ -24,6 +24,7 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from ..data.transforms import normalize_pixels
 from ..features import encode_texts, image_features, text_features, tokenize
 from ..prompts import DEFAULT_TRAIN_TEMPLATES, DEFAULT_ZERO_SHOT_TEMPLATES, check_templates, class_text_features
 from .distributed import gather_list, gather_rows, shard_indices
@@ -158,6 +159,7 @@ def encode_image_dataset(
     autocast_dtype: torch.dtype | None = None,
     desc: str | None = None,
     disable_tqdm: bool = False,
+    image_processor=None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Normalised image features of a whole dataset, in dataset order, with its labels or captions.
 
@@ -165,7 +167,7 @@ def encode_image_dataset(
     `accelerate` processes each encodes a contiguous shard and the results are gathered on every process.
 
     Args:
-        model (`torch.nn.Module`): a `CLIPModel` (DDP/FSDP/compiled wrappers are fine).
+        model (`torch.nn.Module`): a model of a supported family (DDP/FSDP/compiled wrappers are fine).
         dataset: map-style dataset whose rows hold `pixel_values` and `labels` (or `label`) and/or `captions`.
         batch_size (`int`, defaults to 256): images per forward pass (per process).
         num_workers (`int`, defaults to 0): `DataLoader` workers.
@@ -173,6 +175,9 @@ def encode_image_dataset(
         autocast_dtype (`torch.dtype`, *optional*): e.g. `torch.bfloat16`; used only on CUDA.
         desc (`str`, *optional*): progress-bar label.
         disable_tqdm (`bool`, defaults to `False`): hide the progress bar (always hidden off the main process).
+        image_processor (*optional*): the model's image processor; normalises `uint8` rows (those of
+            `clip_cl.data.with_image_transform`) on `device` with `clip_cl.data.normalize_pixels`. Rows of float
+            pixels are taken as already normalised.
 
     Returns:
         `tuple[torch.Tensor, dict]`: features `[N, D]` in float32 on `device`, L2-normalised, and `extras` with
@@ -199,7 +204,8 @@ def encode_image_dataset(
     with eval_mode(model), _autocast(device, autocast_dtype):
         batches = _prefetched(loader) if prefetch else loader
         for batch in tqdm(batches, desc=desc, total=len(loader), disable=disable_tqdm or not state.is_main_process):
-            pixel_values = batch["pixel_values"].to(device, dtype=param_dtype, non_blocking=True)
+            pixel_values = normalize_pixels(batch["pixel_values"].to(device, non_blocking=True), image_processor,
+                                            dtype=param_dtype)
             # Normalise in float32: under bf16 autocast the norm itself would be rounded.
             feats.append(F.normalize(image_features(model, pixel_values, normalize=False).float(), dim=-1))
             labels.extend(batch.get("labels", ()))
@@ -277,13 +283,13 @@ def zero_shot_eval(model, tokenizer, dataset, class_names: Sequence[str],
     """Zero-shot classification accuracy with a prompt-ensemble classifier.
 
     Args:
-        model: a `CLIPModel`.
+        model: a model of a supported family (`clip_cl.adapters`).
         tokenizer: its tokenizer.
         dataset: rows with `pixel_values` and `labels` indexing `class_names`.
         class_names (`Sequence[str]`): the class names, in label order.
         templates (`Sequence[str]`, defaults to `DEFAULT_ZERO_SHOT_TEMPLATES`): prompt templates, ensembled.
         **kw: passed to [`encode_image_dataset`] (`batch_size`, `num_workers`, `device`, `autocast_dtype`, `desc`,
-            `disable_tqdm`).
+            `disable_tqdm`, `image_processor`).
 
     Returns:
         `dict`: `{"top1": float, "top5": float, "num_images": int}` (percent; top-5 clipped to the class count).
@@ -299,19 +305,24 @@ def zero_shot_eval(model, tokenizer, dataset, class_names: Sequence[str],
     return out
 
 
-def retrieval_eval(model, tokenizer, dataset, **kw: Any) -> dict[str, Any]:
+def retrieval_eval(model, tokenizer, dataset, folds: int = 1, **kw: Any) -> dict[str, Any]:
     """Image-text retrieval Recall@{1,5,10} in both directions, several captions per image.
 
     Args:
-        model: a `CLIPModel`.
+        model: a model of a supported family (`clip_cl.adapters`).
         tokenizer: its tokenizer.
         dataset: rows with `pixel_values` and `captions` (a list of at least one string).
+        folds (`int`, defaults to 1): split the images into this many consecutive folds of equal size, rank each
+            fold's captions and images among that fold only, and average the recalls over the folds. 5 on COCO's
+            Karpathy 5k test is the "COCO 1k" protocol of the official CL-CLIP code (`methods/base.py: retri`).
         **kw: passed to [`encode_image_dataset`]; `batch_size` also batches the captions.
 
     Returns:
         `dict`: `{"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10"}` in percent (see [`retrieval_recall`]) plus
-        `"num_images"` and `"num_captions"`.
+        `"num_images"` and `"num_captions"` (and `"folds"` when above 1).
     """
+    if not isinstance(folds, int) or folds < 1:
+        raise ValueError(f"folds must be a positive integer, got {folds!r}.")
     batch_size, device, autocast_dtype = _split_kwargs(kw)
     feats, extras = encode_image_dataset(model, dataset, **kw)
     if "captions" not in extras:
@@ -323,7 +334,21 @@ def retrieval_eval(model, tokenizer, dataset, **kw: Any) -> dict[str, Any]:
     texts = [c for caps in captions for c in caps]
     text_to_image = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
     text = _text_side(model, _encode_texts_sharded, device, autocast_dtype, tokenizer, texts, batch_size)
-    out: dict[str, Any] = retrieval_recall(feats, text.to(feats.device), text_to_image, ks=(1, 5, 10))
+    text = text.to(feats.device)
+    if folds == 1:
+        out: dict[str, Any] = retrieval_recall(feats, text, text_to_image, ks=(1, 5, 10))
+    else:
+        if len(feats) % folds:
+            raise ValueError(f"{len(feats)} retrieval images cannot be split into {folds} equal folds; set eval_folds "
+                             "to a divisor of the number of images (5 for COCO's 5k test), or 1.")
+        size = len(feats) // folds
+        per_fold = []
+        for f in range(folds):
+            in_fold = (text_to_image >= f * size) & (text_to_image < (f + 1) * size)
+            per_fold.append(retrieval_recall(feats[f * size:(f + 1) * size], text[in_fold.to(text.device)],
+                                             text_to_image[in_fold] - f * size, ks=(1, 5, 10)))
+        out = {key: sum(r[key] for r in per_fold) / folds for key in per_fold[0]}
+        out["folds"] = folds
     out["num_images"] = len(feats)
     out["num_captions"] = len(texts)
     return out
@@ -349,7 +374,7 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
     the union of all sessions; images whose label is in no session are ignored.
 
     Args:
-        model: a `CLIPModel`.
+        model: a model of a supported family (`clip_cl.adapters`).
         tokenizer: its tokenizer.
         dataset: update-task test rows with `pixel_values` and `labels` (indices into `class_names`).
         class_names (`Sequence[str]`): all update-task classes.
@@ -362,8 +387,13 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
         `dict`: `"acc"`/`"top5"`: accuracy on the images of the seen classes, classifying among the seen classes (all
         classes when `seen == 0`); `"per_session"`: for each session `j`, accuracy on its images among the classes
         of sessions `0..max(seen - 1, j)`; `"per_session_task"`: for each `j`, accuracy among session `j`'s classes
-        only; `"num_classes_seen"` (classes of sessions `< seen`); `"num_images"` (images behind `"acc"`).
-        Accuracies are percent, `None` where a subset has no images.
+        only; `"num_classes_seen"` (classes of sessions `< seen`); `"num_images"` (images behind `"acc"`);
+        `"balanced_per_session"`: for each `j`, the mean over session `j`'s classes of their per-class accuracy,
+        classifying among all classes; `"balanced_acc"`: the mean of those over the seen sessions (all sessions when
+        `seen == 0`). The balanced pair is the UT-Acc of the official CL-CLIP code (`methods/base.py: test` and
+        `get_acc_bwt`: predictions over every class, per-class accuracy averaged per phase, then over the phases
+        learned). Accuracies are percent, `None` where a subset has no images (classes without images are left out
+        of the balanced means).
     """
     batch_size, device, autocast_dtype = _split_kwargs(kw)
     sessions = _check_sessions(sessions, len(class_names), seen)
@@ -393,6 +423,17 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
     head = accuracy(seen_classes, seen_classes)
     per_session = [accuracy(s, upto(max(seen - 1, j))) for j, s in enumerate(sessions)]
     per_session_task = [accuracy(s, s) for s in sessions]
+    every = upto(len(sessions) - 1)
+    column = torch.full((len(class_names),), -1, dtype=torch.long)
+    column[every] = torch.arange(len(every))
+    in_any = torch.isin(labels, torch.tensor(every))
+    predicted = torch.tensor(every)[(feats[in_any.to(feats.device)] @ text[every].T).argmax(1).cpu()]
+    hits = predicted == labels[in_any]
+    per_class = {c: 100.0 * hits[labels[in_any] == c].float().mean().item() for c in every
+                 if bool((labels[in_any] == c).any())}
+    balanced = [sum(per_class[c] for c in s if c in per_class) / n if (n := sum(c in per_class for c in s)) else None
+                for s in sessions]
+    counted = [b for b in balanced[:seen if seen > 0 else len(sessions)] if b is not None]
     return {
         "acc": head["top1"] if head else None,
         "top5": head["top5"] if head else None,
@@ -400,6 +441,8 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
         "per_session_task": [r["top1"] if r else None for r in per_session_task],
         "num_classes_seen": len(upto(seen - 1)) if seen > 0 else 0,
         "num_images": int(torch.isin(labels, torch.tensor(seen_classes)).sum()),
+        "balanced_acc": sum(counted) / len(counted) if counted else None,
+        "balanced_per_session": balanced,
     }
 
 
@@ -412,6 +455,7 @@ class Evaluator:
             [`updated_task_eval`].
         zero_shot (`dict[str, tuple]`, *optional*): `name -> (dataset, class_names)` zero-shot classification sets.
         retrieval (`dict[str, Dataset]`, *optional*): `name -> dataset` retrieval sets (rows with `captions`).
+        retrieval_folds (`dict[str, int]`, *optional*): `name -> folds` of [`retrieval_eval`] (default 1).
         zero_shot_templates (`Sequence[str]`, defaults to `DEFAULT_ZERO_SHOT_TEMPLATES`): prompts of the zero-shot
             sets (the paper's `"this is a photo of {} ."`).
         ut_templates (`Sequence[str]`, defaults to `DEFAULT_TRAIN_TEMPLATES`): prompts of the update task (the
@@ -421,6 +465,8 @@ class Evaluator:
         autocast_dtype (`torch.dtype`, *optional*): autocast dtype on CUDA, e.g. `torch.bfloat16`.
         device (`torch.device` or `str`, *optional*): where to evaluate; defaults to the model's device.
         disable_tqdm (`bool`, defaults to `False`): hide progress bars.
+        image_processor (*optional*): the model's image processor, which normalises `uint8` rows on the device (see
+            [`encode_image_dataset`]).
     """
 
     def __init__(
@@ -430,6 +476,7 @@ class Evaluator:
         update: tuple[Any, Sequence[str], Sequence[Sequence[int]]] | None = None,
         zero_shot: Mapping[str, tuple[Any, Sequence[str]]] | None = None,
         retrieval: Mapping[str, Any] | None = None,
+        retrieval_folds: Mapping[str, int] | None = None,
         zero_shot_templates: Sequence[str] = DEFAULT_ZERO_SHOT_TEMPLATES,
         ut_templates: Sequence[str] = DEFAULT_TRAIN_TEMPLATES,
         batch_size: int = 256,
@@ -437,6 +484,7 @@ class Evaluator:
         autocast_dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         disable_tqdm: bool = False,
+        image_processor=None,
     ):
         self.tokenizer = tokenizer
         if update is not None:
@@ -446,16 +494,17 @@ class Evaluator:
         self.update = update
         self.zero_shot = {name: (ds, list(names)) for name, (ds, names) in (zero_shot or {}).items()}
         self.retrieval = dict(retrieval or {})
+        self.retrieval_folds = {name: int((retrieval_folds or {}).get(name, 1)) for name in self.retrieval}
         self.zero_shot_templates = check_templates(zero_shot_templates)
         self.ut_templates = check_templates(ut_templates)
         self.encode_kwargs = {"batch_size": batch_size, "num_workers": num_workers, "autocast_dtype": autocast_dtype,
-                              "device": device, "disable_tqdm": disable_tqdm}
+                              "device": device, "disable_tqdm": disable_tqdm, "image_processor": image_processor}
 
     def evaluate(self, model, seen: int) -> dict[str, Any]:
         """Evaluate `model` after `seen` learned sessions (0 = before training).
 
         Args:
-            model: the `CLIPModel` (possibly wrapped); its train/eval modes are restored afterwards.
+            model: the model (possibly wrapped); its train/eval modes are restored afterwards.
             seen (`int`): number of update-task sessions learned so far.
 
         Returns:
@@ -471,8 +520,8 @@ class Evaluator:
         zero_shot = {name: zero_shot_eval(model, self.tokenizer, ds, names, self.zero_shot_templates,
                                           desc=f"eval zero-shot {name}", **self.encode_kwargs)
                      for name, (ds, names) in self.zero_shot.items()}
-        retrieval = {name: retrieval_eval(model, self.tokenizer, ds, desc=f"eval retrieval {name}",
-                                          **self.encode_kwargs)
+        retrieval = {name: retrieval_eval(model, self.tokenizer, ds, folds=self.retrieval_folds[name],
+                                          desc=f"eval retrieval {name}", **self.encode_kwargs)
                      for name, ds in self.retrieval.items()}
         return {"seen": int(seen), "ut": ut, "zero_shot": zero_shot, "retrieval": retrieval,
                 "seconds": time.perf_counter() - start}

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ...features import concat_tokens, image_features, text_features, tokenize
+from ...features import concat_tokens, image_features, logit_scale, text_features, tokenize
 from ...prompts import format_prompts
 from ...rehearsal import (
     MEMORY_SELECTIONS,
@@ -260,7 +260,7 @@ class RehearsalTrainer(CLIPCLTrainer):
         if with_pairs and self.replay_data is not None:
             idx = replay_indices(len(self.replay_data), self.replay_batch_size, draw, seed, self._stream(_PAIRS))
             rows = _rows(self.replay_data, idx)
-            out.pair_pixels = torch.stack([r["pixel_values"] for r in rows]).to(device, non_blocking=True)
+            out.pair_pixels = self.model_pixels(torch.stack([r["pixel_values"] for r in rows]), device)
             out.pair_tokens = tokenize(self.clip_tokenizer, self._captions(rows, idx, draw), device)
         if self.memory_data is not None and sessions != []:
             pool = list(range(len(self.memory_data))) if sessions is None else [
@@ -269,7 +269,7 @@ class RehearsalTrainer(CLIPCLTrainer):
                 stream = self._stream(_MEMORY + stream_offset)
                 idx = [pool[i] for i in replay_indices(len(pool), self.memory_batch_size, draw, seed, stream)]
                 rows = _rows(self.memory_data, idx)
-                out.memory_pixels = torch.stack([r["pixel_values"] for r in rows]).to(device, non_blocking=True)
+                out.memory_pixels = self.model_pixels(torch.stack([r["pixel_values"] for r in rows]), device)
                 labels = torch.tensor([int(r["labels"]) for r in rows], dtype=torch.long)
                 targets = self._seen_lookup[labels.clamp(0, self._seen_lookup.numel() - 1)]
                 if (labels >= self._seen_lookup.numel()).any() or (targets < 0).any():
@@ -325,7 +325,7 @@ class RehearsalTrainer(CLIPCLTrainer):
         text = text_features(model, tokens["input_ids"], tokens["attention_mask"])
         n_seen = len(self._seen_prompts) if batch.memory_pixels is not None else 0
         seen = self.ensemble(text[:n_seen], len(self.seen_class_names)) if n_seen else None
-        scale = unwrap(model).logit_scale.exp()
+        scale = logit_scale(model)
         return self.replay_losses(images[:n_pairs] if n_pairs else None, text[n_seen:] if n_pairs else None,
                                   images[n_pairs:] if batch.memory_pixels is not None else None, seen,
                                   batch.memory_targets, scale)
@@ -380,8 +380,9 @@ def rehearsal_inputs(protocol, processor, config: RehearsalConfig, run_dir: Path
 
 
 @torch.no_grad()
-def _candidate_features(model, dataset, batch_size: int, num_workers: int, device, autocast) -> torch.Tensor:
-    from ...data import collate_classification
+def _candidate_features(model, dataset, image_processor, batch_size: int, num_workers: int, device, autocast
+                        ) -> torch.Tensor:
+    from ...data import collate_classification, normalize_pixels
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=collate_classification)
@@ -391,7 +392,8 @@ def _candidate_features(model, dataset, batch_size: int, num_workers: int, devic
     try:
         for batch in loader:
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                feats.append(image_features(model, batch["pixel_values"].to(device)).float().cpu())
+                pixels = normalize_pixels(batch["pixel_values"].to(device), image_processor)
+                feats.append(image_features(model, pixels).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(feats)
@@ -424,7 +426,8 @@ def update_memory(model, protocol, processor, config: RehearsalConfig, run_dir: 
             ds = with_image_transform(candidates, processor.image_processor, train=False, label_column="label",
                                       dataset_name="memory candidates")
             autocast = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
-            features = _candidate_features(unwrap(model), ds, config.per_device_eval_batch_size,
+            features = _candidate_features(unwrap(model), ds, processor.image_processor,
+                                           config.per_device_eval_batch_size,
                                            config.dataloader_num_workers, next(unwrap(model).parameters()).device,
                                            autocast)
         orders = select_exemplars(labels, rows, budget, config.memory_selection, config.seed + session, features)

@@ -111,7 +111,7 @@ class ERTrainer(RehearsalTrainer):
             images[b + r:] if batch.memory_pixels is not None else None, seen, batch.memory_targets,
             out.logit_scale)
         return StudentOutputs(image_embeds=images[:b], class_embeds=out.class_embeds, extra_embeds=None,
-                              logit_scale=out.logit_scale, logits=out.logits[:b])
+                              logit_scale=out.logit_scale, logits=out.logits[:b], logit_bias=out.logit_bias)
 
     def method_losses(self, model, inputs, outputs, targets) -> dict[str, torch.Tensor]:
         """`{"replay_pairs": w * contrastive, "replay_memory": w * CE_seen}` of this micro-batch's draw."""
