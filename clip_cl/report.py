@@ -108,6 +108,12 @@ class RunRecord:
         out = [self.results["before"]] if self.results.get("before") else []
         return out + [s["eval"] for s in self.results.get("sessions") or [] if s.get("eval")]
 
+    def zero_shot_classes(self) -> dict[str, int]:
+        """Number of classes of each zero-shot set, from the run's recorded splits (empty when not recorded)."""
+        splits = (self.results.get("splits") or {}).get("zero_shot") or []
+        return {d["name"]: len(d["class_names"]) for d in splits
+                if isinstance(d, dict) and d.get("name") and d.get("class_names")}
+
     def final_eval(self) -> dict | None:
         sessions = [s["eval"] for s in self.results.get("sessions") or [] if s.get("eval")]
         return sessions[-1] if sessions else None
@@ -556,6 +562,10 @@ STRENGTH_KEYS: dict[str, tuple[str, ...]] = {
     "wise_ft": ("wise_alpha",), "zscl": ("zscl_image_loss_weight", "zscl_text_loss_weight", "zscl_l2_weight"),
     "lora": ("lora_r",), "er": ("replay_weight", "memory_size"), "agem": ("memory_size",), "gem": ("memory_size",),
 }
+# Short names of the knobs for legends and tables.
+STRENGTH_NAMES: dict[str, str] = {"lwf": "α", "vr_lwf": "λ", "geodl": "weight", "imm": "α", "wise_ft": "α",
+                                  "zscl": "loss weights", "lora": "rank", "er": "replay", "agem": "memory",
+                                  "gem": "memory"}
 MATCHED_UT = (90.0, 100.0)  # the matched-UT table: kept % interpolated at these % of FT's UT-Acc
 
 
@@ -570,13 +580,14 @@ class Measure:
     def label(self) -> str:
         return {"zs": "ZS top-1", "tr": "TR@1", "ir": "IR@1"}[self.kind] + f" {self.name}"
 
-    def value_and_chance(self, ev: dict | None) -> tuple[float | None, float | None]:
-        """The measure in one evaluation and its chance level (None when the evaluation does not record it)."""
+    def value_and_chance(self, ev: dict | None, run: RunRecord | None = None) -> tuple[float | None, float | None]:
+        """The measure in one evaluation of `run` and its chance level (zero-shot: from the number of class names
+        in the run's recorded `splits`; None when they are not recorded)."""
         if not ev:
             return None, None
         if self.kind == "zs":
             v = (ev.get("zero_shot") or {}).get(self.name) or {}
-            n = v.get("num_classes")
+            n = run.zero_shot_classes().get(self.name) if run is not None else None
             return v.get("top1"), (100.0 / n if n else None)
         v = (ev.get("retrieval") or {}).get(self.name) or {}
         n = v.get("num_images")  # R@1 of a random ranking: one right image (or one of its captions) in num_images
@@ -661,8 +672,15 @@ class Frontier:
 
 
 def _strength_label(run: RunRecord, keys: Sequence[str]) -> str:
+    """The knob's value(s) of a run: one value when its keys are set alike (ZSCL's weights scaled together)."""
     config = run.results.get("config") or {}
-    return ", ".join(_short(config.get(k)) for k in keys)
+    values = list(dict.fromkeys(_short(config.get(k)) for k in keys))
+    return ", ".join(values)
+
+
+def _method_label(method: str, n_points: int) -> str:
+    name = DISPLAY.get(method, method)
+    return f"{name} ({STRENGTH_NAMES.get(method, 'strength')})" if n_points > 1 else name
 
 
 def build_frontiers(tables: dict[str, dict[str, list[Row]]]) -> list[Frontier]:
@@ -697,7 +715,7 @@ def build_frontiers(tables: dict[str, dict[str, list[Row]]]) -> list[Frontier]:
                         measures += [Measure("tr", name), Measure("ir", name)]
             measures = list({m.label: m for m in measures}.values())
             # One rule per measure: chance-corrected only when every run (and its start) records the chance level.
-            chance_known = {m.label: all(m.value_and_chance(ev)[1] is not None for row in rows
+            chance_known = {m.label: all(m.value_and_chance(ev, r)[1] is not None for row in rows
                                          for r in finished[id(row)] for ev in (r.final_eval(), r.results.get("before"))
                                          if ev) for m in measures}
             curves: dict[str, list[FrontierPoint]] = {}
@@ -713,8 +731,8 @@ def build_frontiers(tables: dict[str, dict[str, list[Row]]]) -> list[Frontier]:
                     if before and (before.get("ut") or {}).get("acc") is not None:
                         starts.append(100.0 * before["ut"]["acc"] / ft_ut)
                     for m in measures:
-                        after, chance = m.value_and_chance(ev)
-                        start, _ = m.value_and_chance(before)
+                        after, chance = m.value_and_chance(ev, r)
+                        start, _ = m.value_and_chance(before, r)
                         kept[m.label].append(kept_percent(after, start, chance if chance_known[m.label] else None))
                 keys = [k for k in STRENGTH_KEYS.get(row.method, ()) if k in (runs[0].results.get("config") or {})]
                 point = FrontierPoint(_strength_label(runs[0], keys) if keys else "", Stat.of(xs),
@@ -729,7 +747,8 @@ def build_frontiers(tables: dict[str, dict[str, list[Row]]]) -> list[Frontier]:
 def render_matched_table(frontier: Frontier) -> list[str]:
     """Markdown: what each method keeps at matched UT-Acc (90% and 100% of FT's), read off its mean curve."""
     head = ["Method", "strengths", "UT-Acc range (% of FT)"]
-    head += [f"{m.label} @ {x:g}%" for m in frontier.measures for x in MATCHED_UT]
+    at = " / ".join(f"{x:g}%" for x in MATCHED_UT)
+    head += [f"{m.label} @ {at}" for m in frontier.measures]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * (len(head) - 3)]
     for method in sorted(frontier.curves, key=_method_rank):
         pts = frontier.curves[method]
@@ -737,12 +756,9 @@ def render_matched_table(frontier: Frontier) -> list[str]:
         rng = f"{min(xs):.1f}–{max(xs):.1f}" if len(xs) > 1 else (f"{xs[0]:.1f}" if xs else "–")
         cells = []
         for m in frontier.measures:
-            for x0 in MATCHED_UT:
-                v = frontier.matched(method, m, x0)
-                cells.append("n.r." if v is None else f"{v:.1f}")
-        name = DISPLAY.get(method, method)
-        keys = STRENGTH_KEYS.get(method)
-        label = f"{name} ({', '.join(keys)})" if keys and len(pts) > 1 else name
+            values = [frontier.matched(method, m, x0) for x0 in MATCHED_UT]
+            cells.append(" / ".join("n.r." if v is None else f"{v:.1f}" for v in values))
+        label = _method_label(method, len(pts))
         lines.append(f"| {label} | {len(pts)} | {rng} | " + " | ".join(cells) + " |")
     return lines
 
@@ -781,9 +797,6 @@ def draw_frontier(frontier: Frontier, out_dir: Path) -> tuple[list[Path], str]:
                 for p, x, y in zip(pts, xs, ys):
                     ax.annotate(p.strength, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
                                 color=colors.get(method))
-        if frontier.start_x is not None:
-            ax.scatter([frontier.start_x], [100], marker="*", s=260, color="gold", edgecolor="black", linewidth=0.8,
-                       zorder=4)
         ax.set_xlabel("UT-Acc relative to FT (%)")
         ax.set_ylabel("kept (%)" if frontier.chance_known[m.label] else "kept, plain ratio (%)")
         ax.set_title(m.label)
@@ -791,18 +804,17 @@ def draw_frontier(frontier: Frontier, out_dir: Path) -> tuple[list[Path], str]:
         ax.margins(0.08)
     handles = [Line2D([], [], color=colors.get(k), marker=markers.get(k, "o"), markeredgecolor="black",
                       markeredgewidth=0.5, linestyle="-" if k != "joint_ft" else "none") for k in methods]
-    labels = [DISPLAY.get(k, k) + (f" ({', '.join(STRENGTH_KEYS[k])})"
-                                    if k in STRENGTH_KEYS and len(frontier.curves[k]) > 1 else "") for k in methods]
-    handles.append(Line2D([], [], linestyle="none", marker="*", markersize=14, color="gold", markeredgecolor="black"))
-    labels.append("starting model")
+    labels = [_method_label(k, len(frontier.curves[k])) for k in methods]
     fig.legend(handles, labels, loc="outside right center", frameon=False, title="Method (strength knob)")
+    start = (f"; starting model at {frontier.start_x:.0f}%, kept 100%" if frontier.start_x is not None else "")
     fig.suptitle(f"Frontiers - {frontier.protocol.upper()} · {frontier.variant}: what is kept against UT-Acc "
-                 f"(FT's UT-Acc = {frontier.ft_ut:.1f}% = 100)")
+                 f"(x = 100: FT's UT-Acc, {frontier.ft_ut:.1f}%{start})")
     caption = ("Kept % of the starting model's above-chance score (y; 100 = nothing lost) against UT-Acc relative to "
                "FT's (x), one panel per retention measure; one curve per method through its strengths (labels: the "
                "knob's value), points are means over seeds with ± 1 std bars in both directions; dotted lines at "
-               f"{' and '.join(f'{x:g}%' for x in MATCHED_UT)} of FT's UT-Acc, where the table reads the curves; gold "
-               "star: the starting model. Up and to the right is better.")
+               f"{' and '.join(f'{x:g}%' for x in MATCHED_UT)} of FT's UT-Acc, where the table reads the curves (the "
+               "starting model, kept 100% at its own UT-Acc, is named in the title rather than drawn, so that the "
+               "axes stay on the methods). Up and to the right is better.")
     stem = f"frontier_{frontier.protocol}_{frontier.variant}"
     return _save(fig, out_dir, stem), caption
 
@@ -885,8 +897,8 @@ def render_report(runs: Sequence[RunRecord], tables: dict[str, dict[str, list[Ro
             lines += render_matched_table(frontier)
             raw = [label for label, known in frontier.chance_known.items() if not known]
             if raw:
-                lines += ["", "Chance level not recorded for " + ", ".join(raw) + " (results written before clip-cl "
-                          "recorded `num_classes`): kept % is the plain ratio `100 * after / before` there."]
+                lines += ["", "Chance level not recorded for " + ", ".join(raw) + " (no class names in a run's "
+                          "`splits`): kept % is the plain ratio `100 * after / before` there."]
             if drawn:
                 paths, caption = drawn
                 png = Path(os.path.relpath(paths[0], out_dir)).as_posix()

@@ -286,8 +286,7 @@ def zero_shot_eval(model, tokenizer, dataset, class_names: Sequence[str],
             `disable_tqdm`).
 
     Returns:
-        `dict`: `{"top1": float, "top5": float, "num_images": int, "num_classes": int}` (percent; top-5 clipped to
-        the class count; `num_classes` gives the chance level, which `clip-cl report`'s frontiers subtract).
+        `dict`: `{"top1": float, "top5": float, "num_images": int}` (percent; top-5 clipped to the class count).
     """
     batch_size, device, autocast_dtype = _split_kwargs(kw)
     text = _text_side(model, class_text_features, device, autocast_dtype, tokenizer, list(class_names),
@@ -297,7 +296,6 @@ def zero_shot_eval(model, tokenizer, dataset, class_names: Sequence[str],
         raise KeyError("zero_shot_eval needs rows with 'labels'.")
     out: dict[str, Any] = topk_accuracy(feats @ text.to(feats.device).T, extras["labels"], ks=(1, 5))
     out["num_images"] = len(feats)
-    out["num_classes"] = len(class_names)
     return out
 
 
