@@ -114,7 +114,8 @@ def test_world_dataset_and_collator(tiny):
     assert len(ds) == 24 + 2 * 6 and ds.part_sizes() == {"shapes": 24, "captions": 12}
     row = ds[0]
     assert row["text"] in ("a photo of a cat.", "a blurry photo of the cat.") and row["positive_key"] == "class:cat"
-    assert ds[24]["positive_key"] == "image:captions:0" and ds[24]["text"] in ("a red square number 0.", "square 0 on grey")
+    assert ds[24]["positive_key"] == "image:captions:0"
+    assert ds[24]["text"] in ("a red square number 0.", "square 0 on grey")
     collator = PretrainCollator(processor.tokenizer, 32, MEAN, STD, train=True)
     rows = [ds[i] for i in (0, 1, 3, 24, 30)]  # 0 and 3 are cats, 1 a dog; 24 and 30 the same captioned image
     batch = collator(rows)
@@ -230,8 +231,8 @@ def test_prepare_world_is_deterministic_and_disjoint(tmp_path):
     # The many-class zero-shot set: 10 of the 50 Tiny-ImageNet (train) images of each of the 200 classes.
     assert parts["tiny_imagenet_heldout"]["rows"] == 2000 and parts["tiny_imagenet_train"]["rows"] == 8000
     assert parts["tiny_imagenet_heldout"]["role"] == "heldout" and len(world["tiny_imagenet_heldout_indices"]) == 2000
-    ti_held = datasets.load_dataset("parquet", data_files={"x": str(tmp_path / "world" / parts["tiny_imagenet_heldout"]["path"])},
-                                    split="x")
+    ti_file = tmp_path / "world" / parts["tiny_imagenet_heldout"]["path"]
+    ti_held = datasets.load_dataset("parquet", data_files={"x": str(ti_file)}, split="x")
     assert ti_held.features["label"].num_classes == 200 and sorted(set(ti_held["label"])) == list(range(200))
     assert all(n == 10 for n in np.bincount(ti_held["label"]))
     # No held-out or outside image is a training image (by the SHA-256 of the encoded bytes).

@@ -222,7 +222,8 @@ Classification images get class-name captions from {len(config.caption_templates
 each time it is read); Pascal and COCO images get one of their own captions. Repeats per epoch:
 `{json.dumps(config.train_parts)}`. Loss: symmetric InfoNCE with a learnable temperature (clamped at
 {config.max_logit_scale:g}), multi-positive {'on' if config.multi_positive else 'off'} (pairs naming the same class
-are positives of each other; captioned pairs grouped by {config.caption_positives}). Fashion-MNIST is outside the world: it is the later update task.
+are positives of each other; captioned pairs grouped by {config.caption_positives}). Fashion-MNIST is outside the
+world: it is the later update task.
 
 ## Training
 

@@ -144,7 +144,8 @@ def prepare_world(source: str | os.PathLike = "../shared/data", out: str | os.Pa
     # stored (no re-encoding).
     heldout_indices: dict[str, list[int]] = {}
     for src, per_class, (train_name, held_name) in (
-            ("tiny_imagenet/train.parquet", tiny_imagenet_heldout_per_class, ("tiny_imagenet_train", "tiny_imagenet_heldout")),
+            ("tiny_imagenet/train.parquet", tiny_imagenet_heldout_per_class,
+             ("tiny_imagenet_train", "tiny_imagenet_heldout")),
             ("pascal_sentences/test.parquet", pascal_heldout_per_class, ("pascal_train", "pascal_heldout"))):
         full = datasets.load_dataset("parquet", data_files={"x": str(source / src)}, split="x")
         labels = np.asarray(full.select_columns(["label"]).with_format("numpy")["label"])
