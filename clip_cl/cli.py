@@ -145,7 +145,7 @@ def eval_main(argv: Sequence[str] | None = None) -> dict:
     from accelerate import PartialState
 
     from .io import atomic_write_json
-    from .models import load_clip
+    from .models import load_model
     from .runner import build_evaluator, build_protocol
 
     _setup_logging()
@@ -153,7 +153,7 @@ def eval_main(argv: Sequence[str] | None = None) -> dict:
         config = parse_config(argv, prog="clip-cl eval")
     except (ConfigError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    model, processor = load_clip(config.model_name_or_path, local_files_only=config.local_files_only)
+    model, processor = load_model(config.model_name_or_path, local_files_only=config.local_files_only)
     model.to(PartialState().device)
     protocol = build_protocol(config)
     skipped: dict[str, int] = {}

@@ -55,7 +55,9 @@ def model_card(results: dict, config=None, command: str | None = None) -> str:
     datasets = [d for d in [splits.get("update_train", {}).get("path")] if d]
     header = ["---", "library_name: transformers", "pipeline_tag: zero-shot-image-classification", "tags:"]
     header += [f"- {t}" for t in dict.fromkeys(tags)]
-    if base and base != "tiny-random" and not os.path.isdir(base):
+    from .models import TINY_MODEL_NAMES
+
+    if base and base not in TINY_MODEL_NAMES and not os.path.isdir(base):
         header.append(f"base_model: {base}")
     header += ["license: apache-2.0", "---", ""]
 
@@ -66,7 +68,8 @@ def model_card(results: dict, config=None, command: str | None = None) -> str:
     table += [f"| {label} | " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for label, r in rows if r]
 
     body = [
-        f"# {results.get('method_display', results['method'])} on CLIP ({results['variant']}, "
+        f"# {results.get('method_display', results['method'])} on {Path(str(base)).name if base else 'CLIP'} "
+        f"({results['variant']}, "
         f"{results['protocol'].upper()})",
         "",
         f"This model is `{base}` updated with **{results.get('method_display', results['method'])}** by "
