@@ -189,8 +189,18 @@ def method_specs() -> dict[str, tuple[Any, Any, dict[str, Any]]]:
     from clip_cl.methods.wise_ft import WiSEFTConfig, WiSEFTTrainer
     from clip_cl.methods.zscl import ZSCLConfig, ZSCLTrainer
 
+    from clip_cl.methods.agem import AGEMConfig, AGEMTrainer
+    from clip_cl.methods.er import ERConfig, ERTrainer
+    from clip_cl.methods.gem import GEMConfig, GEMTrainer
+
+    # Rehearsal methods get their replay pairs as a trainer argument (`replay_rows`); MST with a memory passes their
+    # config check without a replay_dataset spec (no memory exists in a benchmark's first session).
+    rehearsal = {"protocol": "mst", "num_sessions": 2}
     specs = {
         "ft": (FTConfig, CLIPFineTuneTrainer, {}),
+        "er": (ERConfig, ERTrainer, rehearsal),
+        "agem": (AGEMConfig, AGEMTrainer, rehearsal),
+        "gem": (GEMConfig, GEMTrainer, rehearsal),
         "lwf": (LwFConfig, LwFTrainer, {}),
         "vr_lwf": (VRLwFConfig, VRLwFTrainer, {}),
         "vr_lwf_pool": (VRLwFConfig, VRLwFTrainer, {"vr_pool_size": None}),  # size set by the caller
@@ -212,6 +222,19 @@ def method_specs() -> dict[str, tuple[Any, Any, dict[str, Any]]]:
 
 
 # Methods that change the model's modules (adapters): they get their own copy of the model.
+REPLAY_METHODS = {"er", "agem", "gem"}
+
+
+def replay_rows(model, num: int, seed: int = 1) -> list[dict[str, Any]]:
+    """In-memory replay pairs `{"pixel_values", "captions"}` for the rehearsal methods (random pixels, class
+    captions): the benchmark measures compute, not image decoding."""
+    g = torch.Generator().manual_seed(seed)
+    size = image_size(model)
+    return [{"pixel_values": torch.randn(3, size, size, generator=g),
+             "captions": [f"a photo of a {CLASS_NAMES[i % len(CLASS_NAMES)]} seen from the side, number {i}"]}
+            for i in range(num)]
+
+
 OWN_MODEL = {"rkr", "lora", "ft_fused_adamw"}
 TEACHER_METHODS = {"lwf", "vr_lwf", "vr_lwf_pool", "geodl", "geodl_host", "zscl", "zscl_no_l2", "naive_lwf",
                    "naive_vr_lwf"}

@@ -6,6 +6,8 @@ Every method is a real clip-cl trainer; one step is `trainer.training_step(model
 
 Floors (what a method cannot avoid, measured in the same rounds):
 - LwF, GeoDL, ZSCL: FT step + the teacher's image forward on the batch (`teacher_fwd`);
+- ER, A-GEM, GEM: FT step + one forward/backward of CLIP's contrastive loss on the replay batch (`replay_fwd_bwd`,
+  as many pairs as the update batch; no memory exemplars, as in a first session);
 - VR-LwF: `floor_pseudo` (an FT step whose student text call also holds the M pseudo-texts, with a KL on them) +
   `teacher_fwd`; with fresh pseudo-texts every step the teacher's text forward over them (`teacher_pseudo_fwd`) is
   inherent too and is shown separately.
@@ -21,6 +23,7 @@ import time
 import torch
 from _common import (
     OWN_MODEL,
+    REPLAY_METHODS,
     TEACHER_METHODS,
     HelpFormatter,
     StepRunner,
@@ -36,6 +39,7 @@ from _common import (
     markdown_table,
     method_specs,
     pick_device,
+    replay_rows,
     run_interleaved,
     write_json,
 )
@@ -44,14 +48,16 @@ TARGETS = {  # name -> (what the ratio is measured against, bound)
     "lwf": ("floor", 1.05), "geodl": ("floor", 1.05), "zscl": ("floor", 1.05),
     "vr_lwf_pool": ("floor", 1.05), "vr_lwf": ("floor", 1.05),
     "imm": ("ft", 1.05), "wise_ft": ("ft", 1.05), "rkr": ("ft", 1.2),
+    "er": ("floor", 1.05), "agem": ("floor", 1.05), "gem": ("floor", 1.05),
 }
 # name -> the cases whose sum is the method's floor (what it cannot avoid; see the module docstring).
 FLOORS = {
     **{m: ["ft", "teacher_fwd"] for m in ("lwf", "geodl", "geodl_host", "zscl", "zscl_no_l2", "naive_lwf")},
     **{m: ["floor_pseudo", "teacher_fwd"] for m in ("vr_lwf", "vr_lwf_pool", "naive_vr_lwf")},
+    **{m: ["ft", "replay_fwd_bwd"] for m in ("er", "agem", "gem")},
 }
 DEFAULT_METHODS = ["ft", "lwf", "vr_lwf", "vr_lwf_pool", "geodl", "zscl", "imm", "wise_ft", "rkr", "lora",
-                   "naive_lwf", "naive_vr_lwf"]
+                   "er", "agem", "gem", "naive_lwf", "naive_vr_lwf"]
 
 
 def build_cases(model_name: str, device, precision: str, methods: list[str], pool_size: int, batch_sizes):
@@ -96,10 +102,11 @@ def build_cases(model_name: str, device, precision: str, methods: list[str], poo
             t_teacher = teacher
             if name.startswith("naive") and torch.device(device).type == "cuda" and precision == "bf16":
                 t_teacher = build_model(model_name)[0].requires_grad_(False).eval()
+        extra = {"replay_dataset": replay_rows(student, max(batch_sizes))} if name in REPLAY_METHODS else {}
         t0 = time.perf_counter()
         try:
             trainers[name] = make_trainer(config_cls, trainer_cls, student, processor, {**args, **overrides},
-                                          teacher=t_teacher)
+                                          teacher=t_teacher, **extra)
         except Exception as err:  # report and go on with the other methods
             print(f"[steps] {name}: trainer could not be built: {err!r}"[:600])
             continue
@@ -114,12 +121,46 @@ def build_cases(model_name: str, device, precision: str, methods: list[str], poo
 
 def make_cases(trainers: dict, ref, pseudo, text_features, batch: dict) -> dict:
     """name -> zero-argument callable: one step of every trainer, and the floor pieces run alone."""
+    batch_size = batch["pixel_values"].shape[0]
+    for name in REPLAY_METHODS & set(trainers):
+        trainers[name].args.replay_batch_size = batch_size  # as many replay pairs as update rows
     cases = {name: StepRunner(tr, batch) for name, tr in trainers.items()}
+    rehearsal = next((trainers[n] for n in ("er", "agem", "gem") if n in trainers), None)
+    if rehearsal is not None:
+        cases["replay_fwd_bwd"] = replay_floor(rehearsal, cases[rehearsal_name(trainers)].model, batch_size)
     if ref is not None:
         pixels = batch["pixel_values"]
         cases["teacher_fwd"] = lambda: ref.teacher_image_features(pixels)
         cases["teacher_pseudo_fwd"] = torch.no_grad()(lambda: text_features(ref.teacher, **pseudo))
     return cases
+
+
+def rehearsal_name(trainers: dict) -> str:
+    return next(n for n in ("er", "agem", "gem") if n in trainers)
+
+
+def replay_floor(trainer, prepared_model, batch_size: int):
+    """One forward/backward of CLIP's contrastive loss on a replay batch of `batch_size` pairs (the part of a
+    rehearsal step that FT does not have), through the same model and autocast as the steps."""
+    from clip_cl.features import image_features, logit_scale, text_features, tokenize
+    from clip_cl.methods.base.trainer import unwrap
+    from clip_cl.rehearsal import clip_contrastive_loss
+
+    model = unwrap(prepared_model)
+    rows = trainer.replay_data[:batch_size]
+    pixels = torch.stack([r["pixel_values"] for r in rows]).to(trainer.args.device)
+    tokens = tokenize(trainer.clip_tokenizer, [r["captions"][0] for r in rows], trainer.args.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        with trainer.accelerator.autocast():
+            loss = clip_contrastive_loss(image_features(model, pixels), text_features(model, **tokens),
+                                         logit_scale(model))
+        loss.backward()
+        for p in params:
+            p.grad = None
+
+    return step
 
 
 def bench(model_name: str, batch_sizes, device, precision: str, rounds: int, warmup: int, inner: int,
@@ -156,7 +197,7 @@ def summarise(t) -> dict:
     rows = {}
     for name in s:
         row = {"median_s": t.median(name), "spread": t.spread(name), "vs_ft": t.ratio(name, "ft")}
-        if has_teacher and name in FLOORS:
+        if name in FLOORS and all(part in s for part in FLOORS[name]):
             row["floor_parts"] = FLOORS[name]
         if "floor_parts" in row:
             row["vs_floor"] = t.ratio(name, row["floor_parts"])

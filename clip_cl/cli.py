@@ -105,6 +105,7 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "clip-cl trai
 
 def train_main(argv: Sequence[str] | None = None) -> dict:
     """Entry point of `recipes/train.py` and `clip-cl train`."""
+    from .rehearsal import RehearsalError
     from .runner import RunFolderError, UnsupportedSetupError, run_protocol
 
     _setup_logging()
@@ -114,7 +115,7 @@ def train_main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(f"error: {err}") from None
     try:
         results = run_protocol(config)
-    except (RunFolderError, UnsupportedSetupError, FloatingPointError) as err:
+    except (RunFolderError, UnsupportedSetupError, FloatingPointError, RehearsalError) as err:
         # Expected failures with a message that says what to do: no traceback. Results written so far are intact.
         raise SystemExit(f"error: {err}") from None
     from accelerate import PartialState

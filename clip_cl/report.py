@@ -5,6 +5,9 @@ Writes `report.md` with
 - one table per protocol (OST, MST) and variant (WM / IO / TO): method x metric, mean ± sample std over seeds;
 - Fig. 4 (`fig4_sessions.png/.svg`): UT-Acc and ZS-Acc after each session, one column per variant;
 - Fig. 5 (`fig5_retrieval.png/.svg`): TR@1 against IR@1, one panel per retrieval set and protocol;
+- frontiers (`frontier_<protocol>_<variant>.png/.svg`): per protocol and retention measure, kept % against UT-Acc
+  relative to FT, one curve per method through its strengths, and a table of what each method keeps at matched UT-Acc
+  (90% and 100% of FT's);
 - the definitions of the metrics, and every run with its status, fingerprint and command.
 
 matplotlib is imported only when figures are drawn (with the Agg canvas, no pyplot state), so `import clip_cl` and
@@ -25,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunRecord", "Row", "find_runs", "build_tables", "write_report", "report_main", "METHOD_ORDER"]
+__all__ = ["RunRecord", "Row", "Frontier", "find_runs", "build_tables", "build_frontiers", "interpolate_at",
+           "kept_percent", "write_report", "report_main", "METHOD_ORDER"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +107,12 @@ class RunRecord:
         """Evaluations in session order: index 0 = before training (when measured), then after each session."""
         out = [self.results["before"]] if self.results.get("before") else []
         return out + [s["eval"] for s in self.results.get("sessions") or [] if s.get("eval")]
+
+    def zero_shot_classes(self) -> dict[str, int]:
+        """Number of classes of each zero-shot set, from the run's recorded splits (empty when not recorded)."""
+        splits = (self.results.get("splits") or {}).get("zero_shot") or []
+        return {d["name"]: len(d["class_names"]) for d in splits
+                if isinstance(d, dict) and d.get("name") and d.get("class_names")}
 
     def final_eval(self) -> dict | None:
         sessions = [s["eval"] for s in self.results.get("sessions") or [] if s.get("eval")]
@@ -543,6 +553,272 @@ def draw_fig5(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
     return _save(fig, out_dir, FIGURE_FILES["fig5"]), caption
 
 
+# --------------------------------------------------------------------------------------------------------- frontiers
+
+# The strength knob of each method (what its frontier sweeps vary); used to label the points of a curve. Methods
+# without a knob (FT, RKR, Joint-FT) are single points.
+STRENGTH_KEYS: dict[str, tuple[str, ...]] = {
+    "lwf": ("lwf_alpha",), "vr_lwf": ("vr_lambda",), "geodl": ("geodl_weight",), "imm": ("imm_alpha",),
+    "wise_ft": ("wise_alpha",), "zscl": ("zscl_image_loss_weight", "zscl_text_loss_weight", "zscl_l2_weight"),
+    "lora": ("lora_r",), "er": ("replay_weight", "memory_size"), "agem": ("memory_size",), "gem": ("memory_size",),
+}
+# Short names of the knobs for legends and tables.
+STRENGTH_NAMES: dict[str, str] = {"lwf": "α", "vr_lwf": "λ", "geodl": "weight", "imm": "α", "wise_ft": "α",
+                                  "zscl": "loss weights", "lora": "rank", "er": "replay", "agem": "memory",
+                                  "gem": "memory"}
+MATCHED_UT = (90.0, 100.0)  # the matched-UT table: kept % interpolated at these % of FT's UT-Acc
+
+
+@dataclass
+class Measure:
+    """A retention measure: zero-shot top-1 on a set (`kind="zs"`), or TR@1 / IR@1 on a retrieval set."""
+
+    kind: str
+    name: str
+
+    @property
+    def label(self) -> str:
+        return {"zs": "ZS top-1", "tr": "TR@1", "ir": "IR@1"}[self.kind] + f" {self.name}"
+
+    def value_and_chance(self, ev: dict | None, run: RunRecord | None = None) -> tuple[float | None, float | None]:
+        """The measure in one evaluation of `run` and its chance level (zero-shot: from the number of class names
+        in the run's recorded `splits`; None when they are not recorded)."""
+        if not ev:
+            return None, None
+        if self.kind == "zs":
+            v = (ev.get("zero_shot") or {}).get(self.name) or {}
+            n = run.zero_shot_classes().get(self.name) if run is not None else None
+            return v.get("top1"), (100.0 / n if n else None)
+        v = (ev.get("retrieval") or {}).get(self.name) or {}
+        n = v.get("num_images")  # R@1 of a random ranking: one right image (or one of its captions) in num_images
+        return v.get(f"{self.kind}@1"), (100.0 / n if n else None)
+
+
+def kept_percent(after: float | None, before: float | None, chance: float | None) -> float | None:
+    """Share of the starting model's above-chance score that is left: `100 * (after - chance) / (before - chance)`.
+
+    Args:
+        after (`float`): the score after the last session.
+        before (`float`): the starting model's score.
+        chance (`float`, *optional*): the chance level (0 when unknown: then the plain ratio `after / before`).
+
+    Returns:
+        `float` or `None`: the kept %, or `None` when a score is missing or the starting model is not above chance.
+    """
+    if after is None or before is None:
+        return None
+    chance = chance or 0.0
+    if before - chance <= 0:
+        return None
+    return 100.0 * (after - chance) / (before - chance)
+
+
+def interpolate_at(points: Sequence[tuple[float, float]], x0: float) -> float | None:
+    """Linear interpolation of a curve at `x0`, never extrapolated.
+
+    Args:
+        points (`Sequence[tuple[float, float]]`): `(x, y)` points of one curve, in any order.
+        x0 (`float`): where to read the curve.
+
+    Returns:
+        `float` or `None`: `y` at `x0` on the polyline through the points sorted by `x` (points with equal `x` are
+        averaged), or `None` when `x0` lies outside `[min x, max x]` (the curve does not reach it).
+    """
+    by_x: dict[float, list[float]] = {}
+    for x, y in points:
+        if x is not None and y is not None:
+            by_x.setdefault(float(x), []).append(float(y))
+    xs = sorted(by_x)
+    ys = [sum(by_x[x]) / len(by_x[x]) for x in xs]
+    tol = 1e-9
+    if not xs or x0 < xs[0] - tol or x0 > xs[-1] + tol:
+        return None
+    for i, x in enumerate(xs):
+        if abs(x - x0) <= tol:
+            return ys[i]
+        if i and xs[i - 1] < x0 < x:
+            t = (x0 - xs[i - 1]) / (x - xs[i - 1])
+            return ys[i - 1] + t * (ys[i] - ys[i - 1])
+    return None
+
+
+@dataclass
+class FrontierPoint:
+    """One strength of one method, over its seeds: UT-Acc relative to FT (x) and kept % per measure (y)."""
+
+    strength: str
+    x: Stat
+    kept: dict[str, Stat]
+    n: int
+
+
+@dataclass
+class Frontier:
+    """The frontiers of one protocol and variant."""
+
+    protocol: str
+    variant: str
+    ft_ut: float
+    measures: list[Measure]
+    curves: dict[str, list[FrontierPoint]]  # method -> points sorted by x
+    start_x: float | None  # the starting model's UT-Acc relative to FT
+    chance_known: dict[str, bool]  # measure label -> chance level recorded (else kept % is the plain ratio)
+
+    def matched(self, method: str, measure: Measure, x0: float) -> float | None:
+        """Kept % of `method` on `measure` at `x0` % of FT's UT-Acc, on its mean curve (None: not reached)."""
+        pts = [(p.x.mean, p.kept[measure.label].mean) for p in self.curves.get(method, [])
+               if measure.label in p.kept and p.kept[measure.label].mean is not None]
+        return interpolate_at(pts, x0)
+
+
+def _strength_label(run: RunRecord, keys: Sequence[str]) -> str:
+    """The knob's value(s) of a run: one value when its keys are set alike (ZSCL's weights scaled together)."""
+    config = run.results.get("config") or {}
+    values = list(dict.fromkeys(_short(config.get(k)) for k in keys))
+    return ", ".join(values)
+
+
+def _method_label(method: str, n_points: int) -> str:
+    name = DISPLAY.get(method, method)
+    return f"{name} ({STRENGTH_NAMES.get(method, 'strength')})" if n_points > 1 else name
+
+
+def build_frontiers(tables: dict[str, dict[str, list[Row]]]) -> list[Frontier]:
+    """Kept % against UT-Acc relative to FT, per protocol and variant, one curve per method through its settings.
+
+    x of a run: `100 * UT-Acc / mean UT-Acc of the FT runs` of the same protocol and variant. y: [`kept_percent`] of
+    each retention measure (zero-shot top-1 per set, TR@1 and IR@1 per retrieval set) against the run's own starting
+    evaluation (`before`). Each setting of a method (its rows; seeds pooled) is one point with mean ± std over seeds.
+    Unfinished runs are left out. Groups without a finished FT run have no frontier.
+
+    Args:
+        tables: the output of [`group_runs`].
+
+    Returns:
+        `list[Frontier]`.
+    """
+    out = []
+    for protocol, by_variant in tables.items():
+        for variant, rows in by_variant.items():
+            finished = {id(row): [r for r in row.runs if r.complete and r.final_eval()] for row in rows}
+            ft_runs = [r for row in rows if row.method == "ft" for r in finished[id(row)]]
+            ft_ut = Stat.of([(r.final_eval().get("ut") or {}).get("acc") for r in ft_runs]).mean
+            if not ft_ut:
+                continue
+            measures: list[Measure] = []
+            for row in rows:
+                for r in finished[id(row)]:
+                    ev = r.final_eval()
+                    for name in ev.get("zero_shot") or {}:
+                        measures.append(Measure("zs", name))
+                    for name in ev.get("retrieval") or {}:
+                        measures += [Measure("tr", name), Measure("ir", name)]
+            measures = list({m.label: m for m in measures}.values())
+            # One rule per measure: chance-corrected only when every run (and its start) records the chance level.
+            chance_known = {m.label: all(m.value_and_chance(ev, r)[1] is not None for row in rows
+                                         for r in finished[id(row)] for ev in (r.final_eval(), r.results.get("before"))
+                                         if ev) for m in measures}
+            curves: dict[str, list[FrontierPoint]] = {}
+            starts = []
+            for row in rows:
+                runs = finished[id(row)]
+                if row.method == "original" or not runs:
+                    continue
+                xs, kept = [], {m.label: [] for m in measures}
+                for r in runs:
+                    ev, before = r.final_eval(), r.results.get("before")
+                    xs.append(100.0 * (ev.get("ut") or {}).get("acc", math.nan) / ft_ut)
+                    if before and (before.get("ut") or {}).get("acc") is not None:
+                        starts.append(100.0 * before["ut"]["acc"] / ft_ut)
+                    for m in measures:
+                        after, chance = m.value_and_chance(ev, r)
+                        start, _ = m.value_and_chance(before, r)
+                        kept[m.label].append(kept_percent(after, start, chance if chance_known[m.label] else None))
+                keys = [k for k in STRENGTH_KEYS.get(row.method, ()) if k in (runs[0].results.get("config") or {})]
+                point = FrontierPoint(_strength_label(runs[0], keys) if keys else "", Stat.of(xs),
+                                      {k: Stat.of(v) for k, v in kept.items()}, len(runs))
+                curves.setdefault(row.method, []).append(point)
+            for method in curves:
+                curves[method].sort(key=lambda p: p.x.mean if p.x.mean is not None else math.inf)
+            out.append(Frontier(protocol, variant, ft_ut, measures, curves, Stat.of(starts).mean, chance_known))
+    return out
+
+
+def render_matched_table(frontier: Frontier) -> list[str]:
+    """Markdown: what each method keeps at matched UT-Acc (90% and 100% of FT's), read off its mean curve."""
+    head = ["Method", "strengths", "UT-Acc range (% of FT)"]
+    at = " / ".join(f"{x:g}%" for x in MATCHED_UT)
+    head += [f"{m.label} @ {at}" for m in frontier.measures]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * (len(head) - 3)]
+    for method in sorted(frontier.curves, key=_method_rank):
+        pts = frontier.curves[method]
+        xs = [p.x.mean for p in pts if p.x.mean is not None]
+        rng = f"{min(xs):.1f}–{max(xs):.1f}" if len(xs) > 1 else (f"{xs[0]:.1f}" if xs else "–")
+        cells = []
+        for m in frontier.measures:
+            values = [frontier.matched(method, m, x0) for x0 in MATCHED_UT]
+            cells.append(" / ".join("n.r." if v is None else f"{v:.1f}" for v in values))
+        label = _method_label(method, len(pts))
+        lines.append(f"| {label} | {len(pts)} | {rng} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def draw_frontier(frontier: Frontier, out_dir: Path) -> tuple[list[Path], str]:
+    """Kept % (y) against UT-Acc relative to FT (x), one panel per retention measure, one curve per method."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    measures = frontier.measures
+    ncols = min(3, len(measures))
+    nrows = math.ceil(len(measures) / ncols)
+    methods = sorted(frontier.curves, key=_method_rank)
+    colors, markers = _colors(methods), _markers(methods)
+    fig = Figure(figsize=(4.6 * ncols + 2.6, 4.0 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat[len(measures):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, measures):
+        for x0 in MATCHED_UT:
+            ax.axvline(x0, color="0.5", linestyle=":", linewidth=1, zorder=1)
+        ax.axhline(100, color="0.7", linestyle="-", linewidth=0.8, zorder=1)
+        for method in methods:
+            pts = [p for p in frontier.curves[method] if p.kept[m.label].mean is not None and p.x.mean is not None]
+            if not pts:
+                continue
+            xs, ys = [p.x.mean for p in pts], [p.kept[m.label].mean for p in pts]
+            style = dict(color=colors.get(method), marker=markers.get(method, "o"), markersize=6,
+                         markeredgecolor="black", markeredgewidth=0.5)
+            if method == "joint_ft":
+                style.update(marker="P", linestyle="none")
+            ax.plot(xs, ys, linewidth=1.6, zorder=3, **style)
+            ax.errorbar(xs, ys, xerr=[p.x.std or 0 for p in pts], yerr=[p.kept[m.label].std or 0 for p in pts],
+                        fmt="none", ecolor=colors.get(method), elinewidth=0.9, capsize=2, alpha=0.8, zorder=2)
+            if len(pts) > 1:
+                for p, x, y in zip(pts, xs, ys):
+                    ax.annotate(p.strength, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                                color=colors.get(method))
+        ax.set_xlabel("UT-Acc relative to FT (%)")
+        ax.set_ylabel("kept (%)" if frontier.chance_known[m.label] else "kept, plain ratio (%)")
+        ax.set_title(m.label)
+        ax.grid(True, alpha=0.3)
+        ax.margins(0.08)
+    handles = [Line2D([], [], color=colors.get(k), marker=markers.get(k, "o"), markeredgecolor="black",
+                      markeredgewidth=0.5, linestyle="-" if k != "joint_ft" else "none") for k in methods]
+    labels = [_method_label(k, len(frontier.curves[k])) for k in methods]
+    fig.legend(handles, labels, loc="outside right center", frameon=False, title="Method (strength knob)")
+    start = (f"; starting model at {frontier.start_x:.0f}%, kept 100%" if frontier.start_x is not None else "")
+    fig.suptitle(f"Frontiers - {frontier.protocol.upper()} · {frontier.variant}: what is kept against UT-Acc "
+                 f"(x = 100: FT's UT-Acc, {frontier.ft_ut:.1f}%{start})")
+    caption = ("Kept % of the starting model's above-chance score (y; 100 = nothing lost) against UT-Acc relative to "
+               "FT's (x), one panel per retention measure; one curve per method through its strengths (labels: the "
+               "knob's value), points are means over seeds with ± 1 std bars in both directions; dotted lines at "
+               f"{' and '.join(f'{x:g}%' for x in MATCHED_UT)} of FT's UT-Acc, where the table reads the curves (the "
+               "starting model, kept 100% at its own UT-Acc, is named in the title rather than drawn, so that the "
+               "axes stay on the methods). Up and to the right is better.")
+    stem = f"frontier_{frontier.protocol}_{frontier.variant}"
+    return _save(fig, out_dir, stem), caption
+
+
 # ------------------------------------------------------------------------------------------------------------ report
 
 _DEFINITIONS = """\
@@ -606,6 +882,30 @@ def render_report(runs: Sequence[RunRecord], tables: dict[str, dict[str, list[Ro
             png = Path(os.path.relpath(paths[0], out_dir)).as_posix()
             svg = Path(os.path.relpath(paths[1], out_dir)).as_posix()
             lines += [f"## {title}", "", f"![{title}]({png})", "", f"{caption} ([SVG]({svg}))", ""]
+    frontiers = figures.get("frontiers") or []
+    if frontiers:
+        lines += ["## Frontiers: what each method keeps against UT-Acc", "",
+                  "Kept % = `100 * (after - chance) / (before - chance)` of each retention measure (the share of the "
+                  "starting model's above-chance score that is left; chance = 1 / classes for zero-shot top-1, "
+                  "1 / images for R@1); x = UT-Acc as % of FT's mean UT-Acc. Each table cell reads a method's curve "
+                  "(means over seeds, linear between its strengths, never extrapolated) at "
+                  f"{' and '.join(f'{x:g}%' for x in MATCHED_UT)} of FT's UT-Acc; **n.r.**: the curve does not reach "
+                  "that UT-Acc (its strengths span the range in the third column).", ""]
+        for frontier, drawn in frontiers:
+            lines += [f"### {frontier.protocol.upper()} · {VARIANT_NAMES.get(frontier.variant, frontier.variant)} "
+                      f"(FT's UT-Acc {frontier.ft_ut:.2f}%)", ""]
+            lines += render_matched_table(frontier)
+            raw = [label for label, known in frontier.chance_known.items() if not known]
+            if raw:
+                lines += ["", "Chance level not recorded for " + ", ".join(raw) + " (no class names in a run's "
+                          "`splits`): kept % is the plain ratio `100 * after / before` there."]
+            if drawn:
+                paths, caption = drawn
+                png = Path(os.path.relpath(paths[0], out_dir)).as_posix()
+                svg = Path(os.path.relpath(paths[1], out_dir)).as_posix()
+                lines += ["", f"![frontiers {frontier.protocol} {frontier.variant}]({png})", "",
+                          f"{caption} ([SVG]({svg}))"]
+            lines.append("")
     lines += ["## Definitions", "", _DEFINITIONS, f"Formulas and a worked example: {_metrics_doc_link(out_dir)}.", ""]
     lines += ["## Runs", "",
               "Fingerprint: hash of the settings that define what a run computes (`run.json` holds them). Command: "
@@ -637,6 +937,8 @@ def write_report(runs_dir: str | os.PathLike, output: str | os.PathLike | None =
     if figures and runs:
         figs["fig4"] = draw_fig4(tables, out_dir)
         figs["fig5"] = draw_fig5(tables, out_dir)
+    figs["frontiers"] = [(f, draw_frontier(f, out_dir) if figures else None) for f in build_frontiers(tables)
+                         if f.curves]
     from .io import atomic_write_text
 
     path = out_dir / "report.md"

@@ -183,6 +183,7 @@ def build_protocol(config: CLIPCLConfig):
         class_order=config.class_order,
         zero_shot=[DatasetSpec.from_dict(eval_spec(d)) for d in config.zero_shot_datasets],
         retrieval=[DatasetSpec.from_dict(eval_spec(d)) for d in config.retrieval_datasets],
+        replay=getattr(config, "replay_dataset", None),  # rehearsal methods (er, agem, gem) only
     )
 
 
@@ -209,15 +210,17 @@ def build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[str
     test_name = f"{protocol.update_test.name}/{protocol.update_test.split}"
     update = (
         with_image_transform(_checked(protocol.update_test_dataset(), test_name, config, skipped), ip, train=False,
-                             label_column="label", dataset_name=test_name),
+                             label_column="label", dataset_name=test_name, cache_dir=config.image_cache_dir),
         protocol.class_names,
         protocol.sessions,
     )
     zero_shot = {name: (with_image_transform(_checked(ds, name, config, skipped), ip, train=False,
-                                             label_column="label", dataset_name=name), names)
+                                             label_column="label", dataset_name=name,
+                                             cache_dir=config.image_cache_dir), names)
                  for name, (ds, names) in protocol.zero_shot_datasets().items()}
     retrieval = {name: with_image_transform(_checked(ds, name, config, skipped), ip, train=False,
-                                            captions_column="captions", dataset_name=name)
+                                            captions_column="captions", dataset_name=name,
+                                            cache_dir=config.image_cache_dir)
                  for name, ds in protocol.retrieval_datasets().items()}
     autocast = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
     return Evaluator(
@@ -231,6 +234,7 @@ def build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[str
         batch_size=config.per_device_eval_batch_size,
         num_workers=config.dataloader_num_workers,
         autocast_dtype=autocast,
+        image_processor=ip,
     )
 
 
@@ -458,12 +462,17 @@ def run_protocol(config: CLIPCLConfig) -> dict:
             raw = _checked(raw, train_name, config, skipped)
             args = _session_args(config, session_dir, t)
             train_ds = with_image_transform(raw, processor.image_processor, train=True, label_column="label",
-                                            dataset_name=train_name, seed=args.seed)
+                                            dataset_name=train_name, seed=args.seed, cache_dir=config.image_cache_dir)
             set_seed(args.seed)
             extra_kwargs = {}
             if getattr(trainer_cls, "_accepts_distill_class_names", False):
                 # LwF-style methods distil the logits of every class seen so far (as CL-CLIP's code does in MST).
                 extra_kwargs["distill_class_names"] = [protocol.class_names[i] for i in seen_ids]
+            if getattr(trainer_cls, "_uses_memory", False):
+                # Rehearsal: the replay set and the exemplar memory of the earlier sessions (memory.json).
+                from .methods.base.rehearsal import rehearsal_inputs
+
+                extra_kwargs.update(rehearsal_inputs(protocol, processor, config, out, t))
             trainer = trainer_cls(model=model, args=args, train_dataset=train_ds, processing_class=processor,
                                   class_names=names, class_ids=ids, **extra_kwargs)
             last = last_complete_checkpoint(args.output_dir)
@@ -474,6 +483,10 @@ def run_protocol(config: CLIPCLConfig) -> dict:
             entry.update({"train_rows": len(train_ds), "train_loss": trainer.session_train_loss,
                           "train_steps": train_out.global_step})
             entry["eval"] = evaluator.evaluate(model, seen=t + 1)
+            if getattr(trainer_cls, "_uses_memory", False):
+                from .methods.base.rehearsal import update_memory
+
+                results["memory"] = update_memory(model, protocol, processor, config, out, t, state)
             extra = trainer.extra_evaluations(lambda m, _t=t: evaluator.evaluate(m, seen=_t + 1))
             if extra:
                 entry["extra"] = extra

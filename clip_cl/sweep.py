@@ -11,11 +11,15 @@ overrides: {num_train_epochs: 1}               # every run
 protocol_overrides: {mst: {num_sessions: 5}}   # runs of one protocol
 variant_overrides: {IO: {learning_rate: 1.0e-5}}
 method_overrides: {vr_lwf: {vr_lambda: 0.5}}   # runs of one method
+method_strengths:                              # optional: several settings of a method (a trade-off frontier)
+  lwf: [{lwf_alpha: 0.1}, {lwf_alpha: 0.5}, {lwf_alpha: 2.0}]
 ```
 
 Each run's config is the base config, then `overrides`, `protocol_overrides[protocol]`, `variant_overrides[variant]`
 and `method_overrides[method]` (later ones win, top-level keys replace), then `method`, `protocol`, `variant`, `seed`
-and `output_dir` set by the sweep. Run folders:
+and `output_dir` set by the sweep. A method listed under `method_strengths` runs once per entry (each a mapping of
+config keys applied after `method_overrides`), in `<method>/<key>=<value>[,...]/seed<k>`; the report draws each
+method's settings as one curve (docs/reports.md, "Frontiers"). Run folders:
 
 ```
 <output_dir>/sweep.json                               the expanded sweep and the outcome of each run (last invocation)
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import json
 import os
 import shlex
 import subprocess
@@ -66,6 +71,7 @@ SWEEP_KEYS: dict[str, str] = {
     "protocol_overrides": "{ost|mst: {key: value}} applied to runs of that protocol",
     "variant_overrides": "{WM|IO|TO: {key: value}} applied to runs of that variant",
     "method_overrides": "{method: {key: value}} applied to runs of that method",
+    "method_strengths": "{method: [{key: value}, ...]}: one run per entry (and seed), applied after method_overrides",
     "launcher": "command prefix, e.g. 'accelerate launch --num_processes 2' (default: this Python)",
 }
 # Set by the sweep for each run: not allowed in base_config overrides.
@@ -89,6 +95,7 @@ class SweepRun:
     seed: int
     output_dir: str
     config: dict[str, Any]
+    strength: str = ""  # `<key>=<value>[,...]` of a `method_strengths` entry ("" for none)
     fingerprint: str | None = None
     status: str = "pending"  # pending / done / skipped / failed
     note: str = ""
@@ -98,7 +105,8 @@ class SweepRun:
 
     @property
     def name(self) -> str:
-        return f"{self.protocol}/{self.variant}/{self.method}/seed{self.seed}"
+        strength = f"/{self.strength}" if self.strength else ""
+        return f"{self.protocol}/{self.variant}/{self.method}{strength}/seed{self.seed}"
 
     @property
     def log_path(self) -> Path:
@@ -204,6 +212,22 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
                                  f"{key.split('_')[0]}s {valid}.{_suggest(k, valid)}")
             _check_overrides(v, f"{key}.{k}")
         nested[key] = block
+    strengths: dict[str, list[dict]] = {}
+    for k, entries in _mapping(data.get("method_strengths"), "method_strengths").items():
+        method = str(k).lower().replace("-", "_")
+        if method not in methods:
+            raise SweepError(f"{path}: `method_strengths` has an entry for {k!r}, which is not in the sweep's methods "
+                             f"{methods}.{_suggest(method, methods)}")
+        entries = [_mapping(e, f"method_strengths.{k}") for e in _as_list(entries, f"method_strengths.{k}")]
+        if not entries or not all(entries):
+            raise SweepError(f"{path}: `method_strengths.{k}` must be a non-empty list of non-empty mappings, e.g. "
+                             "[{lwf_alpha: 0.5}, {lwf_alpha: 2.0}].")
+        for e in entries:
+            _check_overrides(e, f"method_strengths.{k}")
+        labels = [_strength_label(e) for e in entries]
+        if len(set(labels)) != len(labels):
+            raise SweepError(f"{path}: `method_strengths.{k}` lists a setting twice: {labels}.")
+        strengths[method] = entries
 
     base: dict[str, Any] = {}
     base_path = None
@@ -223,7 +247,13 @@ def load_sweep(path: str | os.PathLike) -> dict[str, Any]:
         raise SweepError(f"{path}: `launcher` must be a string such as 'accelerate launch --num_processes 2'.")
     return {"path": str(path), "base_config": str(base_path) if base_path else None, "base": base,
             "output_dir": str(data["output_dir"]), "methods": methods, "variants": variants, "protocols": protocols,
-            "seeds": seeds, "overrides": overrides, **nested, "launcher": launcher}
+            "seeds": seeds, "overrides": overrides, **nested, "method_strengths": strengths, "launcher": launcher}
+
+
+def _strength_label(entry: dict[str, Any]) -> str:
+    """Folder name of one `method_strengths` entry: `key=value` pairs joined by commas (path-safe)."""
+    text = ",".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in entry.items())
+    return text.replace("/", "_").replace(" ", "")
 
 
 def expand_sweep(sweep: dict[str, Any]) -> list[SweepRun]:
@@ -235,18 +265,22 @@ def expand_sweep(sweep: dict[str, Any]) -> list[SweepRun]:
             for method in sweep["methods"]:
                 if method in _EVAL_ONLY and variant != sweep["variants"][0]:
                     continue  # the starting model does not depend on the variant
-                for seed in sweep["seeds"]:
-                    config = dict(sweep["base"])
-                    config.update(sweep["overrides"])
-                    if protocol == "ost":
-                        config.pop("num_sessions", None)  # OST has one session; num_sessions is for MST
-                    config.update(sweep["protocol_overrides"].get(protocol, {}))
-                    config.update(sweep["variant_overrides"].get(variant, {}))
-                    config.update(sweep["method_overrides"].get(method, {}))
-                    folder = out / protocol / variant / method / f"seed{seed}"
-                    config.update(method=method, protocol=protocol, variant=variant, seed=seed,
-                                  output_dir=str(folder))
-                    runs.append(SweepRun(protocol, variant, method, seed, str(folder), config))
+                for strength in sweep.get("method_strengths", {}).get(method) or [{}]:
+                    label = _strength_label(strength) if strength else ""
+                    for seed in sweep["seeds"]:
+                        config = dict(sweep["base"])
+                        config.update(sweep["overrides"])
+                        if protocol == "ost":
+                            config.pop("num_sessions", None)  # OST has one session; num_sessions is for MST
+                        config.update(sweep["protocol_overrides"].get(protocol, {}))
+                        config.update(sweep["variant_overrides"].get(variant, {}))
+                        config.update(sweep["method_overrides"].get(method, {}))
+                        config.update(strength)
+                        folder = out / protocol / variant / method
+                        folder = (folder / label if label else folder) / f"seed{seed}"
+                        config.update(method=method, protocol=protocol, variant=variant, seed=seed,
+                                      output_dir=str(folder))
+                        runs.append(SweepRun(protocol, variant, method, seed, str(folder), config, label))
     return runs
 
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,7 +114,8 @@ def test_world_dataset_and_collator(tiny):
     assert len(ds) == 24 + 2 * 6 and ds.part_sizes() == {"shapes": 24, "captions": 12}
     row = ds[0]
     assert row["text"] in ("a photo of a cat.", "a blurry photo of the cat.") and row["positive_key"] == "class:cat"
-    assert ds[24]["positive_key"].startswith("text:") and ds[24]["text"] in ("a red square number 0.", "square 0 on grey")
+    assert ds[24]["positive_key"] == "image:captions:0"
+    assert ds[24]["text"] in ("a red square number 0.", "square 0 on grey")
     collator = PretrainCollator(processor.tokenizer, 32, MEAN, STD, train=True)
     rows = [ds[i] for i in (0, 1, 3, 24, 30)]  # 0 and 3 are cats, 1 a dog; 24 and 30 the same captioned image
     batch = collator(rows)
@@ -121,8 +123,13 @@ def test_world_dataset_and_collator(tiny):
     assert batch["input_ids"].shape == batch["attention_mask"].shape and batch["input_ids"].shape[0] == 5
     g = batch["positive_groups"].tolist()
     assert g[0] == g[2] != g[1] and g[3] != g[0]
-    # Captioned pairs are grouped by their text: the same image drawn twice is one group only with the same caption.
-    assert (g[3] == g[4]) == (rows[3]["text"] == rows[4]["text"])
+    # Captioned pairs are grouped by image (the default): the same image drawn twice is one group, whatever captions.
+    assert g[3] == g[4]
+    # caption_positives="text" (the first world-clip's recipe): one group only with the identical caption.
+    by_text = WorldTrainDataset(_parts(), ["a photo of a {}."], caption_positives="text")
+    assert by_text[24]["positive_key"] in ("text:a red square number 0.", "text:square 0 on grey")
+    with pytest.raises(ValueError, match="caption_positives"):
+        WorldTrainDataset(_parts(), ["a photo of a {}."], caption_positives="caption")
     # Centre crop of an evaluation collator is deterministic and inside the stored image.
     center = PretrainCollator(processor.tokenizer, 32, MEAN, STD, train=False).crop(ds.parts[0].pixels[:2])
     assert torch.equal(center, ds.parts[0].pixels[:2, :, 2:34, 2:34])
@@ -221,6 +228,17 @@ def test_prepare_world_is_deterministic_and_disjoint(tmp_path):
     parts = world["parts"]
     assert parts["pascal_heldout"]["rows"] == 200 and parts["pascal_train"]["rows"] == 800
     assert parts["coco_heldout"]["rows"] == 159 and parts["coco_heldout"]["captions"] == 795
+    # The many-class zero-shot set: 10 of the 50 Tiny-ImageNet (train) images of each of the 200 classes.
+    assert parts["tiny_imagenet_heldout"]["rows"] == 2000 and parts["tiny_imagenet_train"]["rows"] == 8000
+    assert parts["tiny_imagenet_heldout"]["role"] == "heldout" and len(world["tiny_imagenet_heldout_indices"]) == 2000
+    ti_file = tmp_path / "world" / parts["tiny_imagenet_heldout"]["path"]
+    ti_held = datasets.load_dataset("parquet", data_files={"x": str(ti_file)}, split="x")
+    assert ti_held.features["label"].num_classes == 200 and sorted(set(ti_held["label"])) == list(range(200))
+    assert all(n == 10 for n in np.bincount(ti_held["label"]))
+    # No held-out or outside image is a training image (by the SHA-256 of the encoded bytes).
+    assert world["disjoint"]["train_images"] == 58880
+    assert world["disjoint"]["checked"] == {"cifar10_test": 10000, "fashion_mnist_test": 10000,
+                                            "tiny_imagenet_heldout": 2000, "pascal_heldout": 200, "coco_heldout": 159}
     held = datasets.load_dataset("parquet", data_files={"x": str(tmp_path / "world" / parts["pascal_heldout"]["path"])},
                                  split="x")
     train = datasets.load_dataset("parquet", data_files={"x": str(tmp_path / "world" / parts["pascal_train"]["path"])},
@@ -228,3 +246,25 @@ def test_prepare_world_is_deterministic_and_disjoint(tmp_path):
     assert sorted(held.unique("label")) == list(range(20)) and len(held.filter(lambda r: r["label"] == 0)) == 10
     assert not set(map(tuple, held["captions"])) & set(map(tuple, train["captions"]))
     assert isinstance(held.features["image"], datasets.Image)
+
+
+def test_check_disjoint_catches_a_training_image_in_a_heldout_part(tmp_path):
+    import datasets
+    from PIL import Image as PILImage
+
+    from clip_cl.pretrain import check_disjoint
+
+    def write(name, colours):
+        images = [PILImage.new("RGB", (4, 4), c) for c in colours]
+        ds = datasets.Dataset.from_dict({"image": images, "label": list(range(len(images)))},
+                                        features=datasets.Features({"image": datasets.Image(),
+                                                                    "label": datasets.Value("int64")}))
+        (tmp_path / name).mkdir()
+        ds.to_parquet(str(tmp_path / name / "x.parquet"))
+        return {"path": f"{name}/x.parquet", "role": "heldout" if "held" in name else "train"}
+
+    parts = {"a_train": write("a_train", ["red", "green"]), "a_held": write("a_held", ["blue"])}
+    assert check_disjoint(tmp_path, parts) == {"train_images": 2, "checked": {"a_held": 1}}
+    parts["b_held"] = write("b_held", ["white", "green"])  # "green" is also a training image
+    with pytest.raises(ValueError, match="b_held.*shares 1 image"):
+        check_disjoint(tmp_path, parts)

@@ -66,6 +66,32 @@ def test_expansion_layout_and_merged_configs(tmp_path):
     assert "lwf_alpha" not in by["mst/IO/ft/seed1"].config
 
 
+def test_method_strengths_expand_one_run_per_setting_and_seed(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, """\
+        base_config: BASE
+        output_dir: OUT
+        methods: [ft, lwf, zscl]
+        protocols: [ost]
+        seeds: [0, 1]
+        method_overrides: {lwf: {lwf_alpha: 0.25, lwf_temperature: 2.0}}
+        method_strengths:
+          lwf: [{lwf_alpha: 0.1}, {lwf_alpha: 2}]
+          zscl: [{zscl_image_loss_weight: 0.1, zscl_l2_weight: 0.1}]
+    """))
+    runs = expand_sweep(sweep)
+    assert [r.name for r in runs] == [
+        "ost/WM/ft/seed0", "ost/WM/ft/seed1", "ost/WM/lwf/lwf_alpha=0.1/seed0", "ost/WM/lwf/lwf_alpha=0.1/seed1",
+        "ost/WM/lwf/lwf_alpha=2/seed0", "ost/WM/lwf/lwf_alpha=2/seed1",
+        "ost/WM/zscl/zscl_image_loss_weight=0.1,zscl_l2_weight=0.1/seed0",
+        "ost/WM/zscl/zscl_image_loss_weight=0.1,zscl_l2_weight=0.1/seed1"]
+    by = {r.name: r for r in runs}
+    lwf = by["ost/WM/lwf/lwf_alpha=2/seed1"]
+    assert Path(lwf.output_dir) == tmp_path / "out" / "ost" / "WM" / "lwf" / "lwf_alpha=2" / "seed1"
+    # the strength wins over method_overrides; the method's other overrides stay
+    assert lwf.config["lwf_alpha"] == 2 and lwf.config["lwf_temperature"] == 2.0
+    assert Path(lwf.config["output_dir"]) == Path(lwf.output_dir)
+
+
 def test_skip_finished_resume_unfinished_and_report_failures(tmp_path, capsys):
     sweep = load_sweep(write_sweep(tmp_path, BASIC.replace("seeds: [0, 1]", "seeds: [0]")))
     calls = []
@@ -145,6 +171,11 @@ def test_real_subprocess_logs_and_exit_status(tmp_path, capsys):
     ("methods: [ft]\noutput_dir: x\noverrides: {seed: 3}\n", r"sets 'seed', which the sweep sets"),
     ("methods: [ft]\noutput_dir: x\nmethod_overrides: {lwf: {lwf_alpha: 1}}\n", r"entry for 'lwf'.*not in the"),
     ("methods: [ft]\n", r"`output_dir` is required"),
+    ("methods: [ft]\noutput_dir: x\nmethod_strengths: {lwf: [{lwf_alpha: 1}]}\n", r"entry for 'lwf'.*not in the"),
+    ("methods: [lwf]\noutput_dir: x\nmethod_strengths: {lwf: [{}]}\n", r"non-empty list of non-empty mappings"),
+    ("methods: [lwf]\noutput_dir: x\nmethod_strengths: {lwf: [{seed: 1}]}\n", r"sets 'seed', which the sweep"),
+    ("methods: [lwf]\noutput_dir: x\nmethod_strengths: {lwf: [{lwf_alpha: 1}, {lwf_alpha: 1}]}\n",
+     r"lists a setting twice"),
     ("methods: [ft]\noutput_dir: x\nbase_config: nowhere.yaml\n", r"base_config 'nowhere.yaml' was found neither"),
 ])
 def test_sweep_file_errors(tmp_path, body, match):
@@ -171,3 +202,20 @@ def test_shipped_sweeps_expand():
     assert {r.method for r in paper} == {"original", "ft", "lwf", "geodl", "imm", "rkr", "vr_lwf", "joint_ft"}
     assert len(paper) == 2 * (1 + 7 * 3)
     assert all(r.config["num_sessions"] == 5 for r in paper if r.protocol == "mst")
+
+
+def test_shipped_frontier_sweeps_expand():
+    runs = [r for f in ("ost_seeds", "ost", "mst_seeds", "mst")
+            for r in expand_sweep(load_sweep(ROOT / "recipes" / "sweeps" / "frontier" / f"{f}.yaml"))]
+    assert len(runs) == 100
+    strengths: dict = {}
+    for r in runs:
+        strengths.setdefault((r.protocol, r.method), set()).add(r.strength)
+    for method in ("lwf", "vr_lwf", "geodl", "imm", "wise_ft", "zscl", "lora"):
+        assert len(strengths["ost", method]) == 4 and strengths["ost", method] == strengths["mst", method], method
+    seeds = {(r.protocol, r.method): {x.seed for x in runs if (x.protocol, x.method) == (r.protocol, r.method)}
+             for r in runs}
+    assert all(seeds[p, m] == {0, 1, 2} for p in ("ost", "mst") for m in ("ft", "lwf", "vr_lwf"))
+    assert all(r.config["num_sessions"] == 5 for r in runs if r.protocol == "mst")
+    assert all(any(d["path"] == "data/world/tiny_imagenet_heldout" for d in r.config["zero_shot_datasets"])
+               for r in runs)

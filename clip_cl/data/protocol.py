@@ -109,6 +109,11 @@ class Protocol:
         zero_shot (`list[DatasetSpec]`, defaults to `[]`): classification datasets evaluated zero-shot.
         retrieval (`list[DatasetSpec]`, defaults to `[]`): image-text retrieval datasets (a `captions` column).
 
+    Parameters of rehearsal (`er`, `agem`, `gem`):
+        replay (`DatasetSpec`, *optional*): the replay set: image-caption pairs (a `captions` column: one string or a
+            list per image), or an image-label set (a label column and class names) whose labels the rehearsal
+            methods turn into captions with the training prompt. See [`Protocol.replay_dataset`].
+
     Other parameters:
         cache_dir (`str`, *optional*): `datasets` cache for every split (default: `HF_DATASETS_CACHE`).
 
@@ -123,6 +128,9 @@ class Protocol:
         "help": "'seeded': classes shuffled with class_order_seed; 'given': the dataset's label order."})
     zero_shot: list[DatasetSpec] = field(default_factory=list, metadata={"help": "Zero-shot classification sets."})
     retrieval: list[DatasetSpec] = field(default_factory=list, metadata={"help": "Image-text retrieval sets."})
+    replay: DatasetSpec | None = field(default=None, metadata={
+        "help": "Replay set of the rehearsal methods: image-caption pairs, or image-label data (captioned with the "
+                "training prompt)."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache directory."})
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -131,6 +139,8 @@ class Protocol:
         self.update_test = DatasetSpec.from_dict(self.update_test)
         self.zero_shot = _spec_list(self.zero_shot, "zero_shot")
         self.retrieval = _spec_list(self.retrieval, "retrieval")
+        if self.replay is not None:
+            self.replay = DatasetSpec.from_dict(self.replay)
         if not isinstance(self.num_sessions, int) or self.num_sessions < 1:
             raise ValueError(f"Protocol.num_sessions must be a positive integer, got {self.num_sessions!r}.")
         if self.class_order not in CLASS_ORDERS:
@@ -166,6 +176,7 @@ class Protocol:
             "class_order": self.class_order,
             "zero_shot": [s.to_dict() for s in self.zero_shot],
             "retrieval": [s.to_dict() for s in self.retrieval],
+            "replay": None if self.replay is None else self.replay.to_dict(),
             "cache_dir": self.cache_dir,
         }
 
@@ -258,6 +269,51 @@ class Protocol:
         """Training rows of sessions `0..t` together (the joint-training upper bound)."""
         return self._rows("train", self._seen(t))
 
+    def session_train_indices(self, t: int) -> np.ndarray:
+        """Row indices, in the update-train split, of session `t`'s training rows (what exemplar memories store)."""
+        self._check_session(t)
+        return np.flatnonzero(np.isin(self._labels("train"), self.sessions[t]))
+
+    def train_rows(self, indices) -> datasets.Dataset:
+        """The update-train rows at `indices` (as returned by [`session_train_indices`])."""
+        return self._train().select(np.asarray(indices, dtype=np.int64))
+
+    def replay_dataset(self) -> tuple[datasets.Dataset, list[str] | None] | None:
+        """The replay set, or None when the protocol has none.
+
+        Returns:
+            `(dataset, class_names)`: image-caption pairs come with an `image` and a `captions` column and
+            `class_names=None`; an image-label set comes with `image` and `label` columns and its class names (the
+            rehearsal methods caption each image with the training prompt of its class). A spec whose data has
+            neither column, or no rows, is an error that names the fix.
+        """
+        if self.replay is None:
+            return None
+        key = f"replay/{_key(self.replay)}"
+        if key not in self._cache:
+            spec = self.replay
+            dataset = load_spec(spec)
+            if spec.captions_column in dataset.column_names:
+                value = (_rename(dataset, spec, "retrieval"), None)
+            elif spec.label_column in dataset.column_names:
+                dataset, names = self._classification(spec)
+                value = (dataset, names)
+            else:
+                from ..rehearsal import RehearsalError
+
+                raise RehearsalError(
+                    f"replay_dataset {spec.name!r} has no captions column {spec.captions_column!r} and no label "
+                    f"column {spec.label_column!r} (columns: {dataset.column_names}); set captions_column to its "
+                    "captions (image-caption pairs), or label_column (and class_names) to caption it with the "
+                    "training prompt.")
+            if len(value[0]) == 0:
+                from ..rehearsal import RehearsalError
+
+                raise RehearsalError(f"replay_dataset {spec.name!r} (split {spec.split!r}) has no rows; point it at a "
+                                     "non-empty split or remove replay_dataset.")
+            self._cache[key] = value
+        return self._cache[key]
+
     def seen_test(self, t: int) -> datasets.Dataset:
         """Test rows of the classes seen up to session `t` (inclusive)."""
         return self._rows("test", self._seen(t))
@@ -304,7 +360,7 @@ class Protocol:
                 int(pc.sum(pc.list_value_length(captions)).as_py() or 0)
                 if str(captions.type).startswith(("list", "large_list", "fixed_size_list")) else len(dataset))
             retrieval.append({**spec.to_dict(), "num_rows": len(dataset), "num_captions": num_captions})
-        return {
+        out = {
             "update_task": {
                 "train": {**self.update_train.to_dict(), "num_rows": len(self._train())},
                 "test": {**self.update_test.to_dict(), "num_rows": len(self._test())},
@@ -320,3 +376,8 @@ class Protocol:
                           for spec, (ds, cn) in zip(self.zero_shot, self.zero_shot_datasets().values())],
             "retrieval": retrieval,
         }
+        if self.replay is not None:
+            replay, replay_names = self.replay_dataset()
+            out["replay"] = {**self.replay.to_dict(), "num_rows": len(replay),
+                             "pairs": "captions" if replay_names is None else "class prompts"}
+        return out

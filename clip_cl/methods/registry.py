@@ -13,7 +13,8 @@ from dataclasses import dataclass
 __all__ = ["BUILTIN_METHODS", "MethodSpec", "register_method", "get_method", "list_methods"]
 
 # Folder names under clip_cl/methods, imported on first look-up.
-BUILTIN_METHODS = ["ft", "original", "joint_ft", "lwf", "geodl", "imm", "rkr", "vr_lwf", "wise_ft", "zscl", "lora"]
+BUILTIN_METHODS = ["ft", "original", "joint_ft", "lwf", "geodl", "imm", "rkr", "vr_lwf", "wise_ft", "zscl", "lora", "er",
+                   "agem", "gem"]
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from .trainer import (
     clip_contrastive_loss,
     positive_targets,
 )
-from .world import WORLD_PARTS, load_world, prepare_world, world_spec
+from .world import WORLD_PARTS, check_disjoint, load_world, prepare_world, world_spec
 
 __all__ = [
     "CAPTION_TEMPLATES",
@@ -56,6 +56,7 @@ __all__ = [
     "export_model",
     "format_results",
     "load_train_parts",
+    "check_disjoint",
     "load_world",
     "main",
     "parse_pretrain_config",

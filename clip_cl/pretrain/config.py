@@ -82,11 +82,14 @@ class PretrainConfig(TrainingArguments):
         multi_positive (`bool`, defaults to `True`):
             Count pairs whose texts name the same class (any template), or are the identical caption, as positives
             of each other instead of as negatives (soft-target InfoNCE, see [`clip_contrastive_loss`]).
+        caption_positives (`str`, defaults to `"image"`):
+            How captioned pairs are grouped under `multi_positive`: `"image"` (pairs of the same image, whatever their
+            captions, are positives of each other) or `"text"` (only identical captions; the first world-clip).
 
     Parameters that control the evaluation (run once, after training):
         zero_shot_datasets (`list[dict]`, *optional*):
             Classification dataset specs (with `split`) for zero-shot top-1/top-5; default: the world's
-            `cifar10_test` (held out) and `fashion_mnist_test` (outside the world).
+            `cifar10_test` and `tiny_imagenet_heldout` (held out) and `fashion_mnist_test` (outside the world).
         retrieval_datasets (`list[dict]`, *optional*):
             Image-caption dataset specs for TR@K / IR@K; default: the world's `pascal_heldout` and `coco_heldout`.
         zero_shot_templates (`list[str]`, defaults to [`ZERO_SHOT_TEMPLATES`]):
@@ -129,10 +132,14 @@ class PretrainConfig(TrainingArguments):
         "help": "Templates of class-name captions ('{}' is the class name); one is drawn per image."})
     multi_positive: bool = field(default=True, metadata={
         "help": "Pairs naming the same class (or with identical captions) are positives of each other."})
+    caption_positives: str = field(default="image", metadata={
+        "help": "With multi_positive, group captioned pairs by image ('image': two captions of one image are "
+                "positives) or by identical caption ('text', the first world-clip's recipe)."})
 
     # ---- evaluation
     zero_shot_datasets: list | str | None = field(default=None, metadata={
-        "help": "Zero-shot classification specs (JSON on the CLI); default: world cifar10_test and fashion_mnist_test."})
+        "help": "Zero-shot classification specs (JSON on the CLI); default: world cifar10_test, "
+                "tiny_imagenet_heldout and fashion_mnist_test."})
     retrieval_datasets: list | str | None = field(default=None, metadata={
         "help": "Retrieval specs (JSON on the CLI); default: world pascal_heldout and coco_heldout."})
     zero_shot_templates: list[str] = field(default_factory=lambda: list(ZERO_SHOT_TEMPLATES), metadata={
@@ -182,6 +189,8 @@ class PretrainConfig(TrainingArguments):
         for key in ("zero_shot_datasets", "retrieval_datasets"):
             value = _maybe_json(getattr(self, key), key)
             setattr(self, key, [value] if isinstance(value, dict) else value)
+        if self.caption_positives not in ("image", "text"):
+            raise ValueError(f"caption_positives must be 'image' or 'text', got {self.caption_positives!r}.")
         self.caption_templates = check_templates(self.caption_templates)
         self.zero_shot_templates = check_templates(self.zero_shot_templates)
         if self.max_text_length < 8:

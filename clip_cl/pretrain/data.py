@@ -192,17 +192,19 @@ class WorldTrainDataset(torch.utils.data.Dataset):
     """Image-text pairs of the world: each row is an image with a text drawn when it is read.
 
     A class image's text is a random template filled with its class name; a captioned image's text is one of its
-    captions at random. Each row also carries a `positive_key`: `"class:<name>"` for class images and
-    `"text:<caption>"` for captioned images, so that the multi-positive loss can treat every image of the same class
-    (and any two images with the identical caption) as positives of each other's texts. Captioned rows are grouped by
-    text only: the same image drawn twice with two different captions gives two groups.
+    captions at random. Each row also carries a `positive_key`: `"class:<name>"` for class images, so that the
+    multi-positive loss treats every image of the same class as a positive of each other's texts, and for captioned
+    images either `"image:<part>:<row>"` (`caption_positives="image"`: the same image drawn twice into a batch with
+    two of its captions is one group, so neither caption is pushed away from its own image) or `"text:<caption>"`
+    (`"text"`: grouped by identical caption only, the recipe of the first world-clip).
 
     Args:
         parts (`Sequence[TrainPart]`): the decoded parts; part `p` appears `p.repeat` times per epoch.
         templates (`Sequence[str]`): templates of class-name captions, each with one `{}`.
+        caption_positives (`str`, defaults to `"image"`): how captioned pairs are grouped, `"image"` or `"text"`.
     """
 
-    def __init__(self, parts: Sequence[TrainPart], templates: Sequence[str]):
+    def __init__(self, parts: Sequence[TrainPart], templates: Sequence[str], caption_positives: str = "image"):
         from ..prompts import check_templates
 
         if not parts:
@@ -210,8 +212,11 @@ class WorldTrainDataset(torch.utils.data.Dataset):
         sizes = {tuple(p.pixels.shape[1:]) for p in parts}
         if len(sizes) != 1:
             raise ValueError(f"All parts must share one image size, got {sorted(sizes)}.")
+        if caption_positives not in ("image", "text"):
+            raise ValueError(f"caption_positives must be 'image' or 'text', got {caption_positives!r}.")
         self.parts = list(parts)
         self.templates = check_templates(templates)
+        self.caption_positives = caption_positives
         index = [np.stack([np.full(len(p), k), np.arange(len(p))], 1) for k, p in enumerate(self.parts)
                  for _ in range(p.repeat)]
         self.index = np.concatenate(index).astype(np.int64)
@@ -233,7 +238,8 @@ class WorldTrainDataset(torch.utils.data.Dataset):
         else:
             captions = part.captions[row]
             text = captions[int(torch.randint(len(captions), ()))]
-            key = f"text:{text.strip().lower()}"
+            key = (f"image:{part.name}:{int(row)}" if self.caption_positives == "image"
+                   else f"text:{text.strip().lower()}")
         return {"pixels": part.pixels[row], "text": text, "positive_key": key}
 
 

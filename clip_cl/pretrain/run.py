@@ -90,7 +90,8 @@ def _eval_specs(config: PretrainConfig) -> tuple[list[dict], list[dict]]:
 
     zero_shot = config.zero_shot_datasets
     if zero_shot is None:
-        zero_shot = [world_spec(config.world_dir, "cifar10_test"), world_spec(config.world_dir, "fashion_mnist_test")]
+        zero_shot = [world_spec(config.world_dir, n) for n in ("cifar10_test", "tiny_imagenet_heldout",
+                                                               "fashion_mnist_test")]
     retrieval = config.retrieval_datasets
     if retrieval is None:
         retrieval = [world_spec(config.world_dir, "pascal_heldout"), world_spec(config.world_dir, "coco_heldout")]
@@ -120,7 +121,7 @@ def evaluate_pretrained(model, processor, config: PretrainConfig) -> dict[str, A
     start = time.perf_counter()
     zero_shot_specs, retrieval_specs = _eval_specs(config)
     tokenizer = processor.tokenizer
-    kw = {"batch_size": config.per_device_eval_batch_size}
+    kw = {"batch_size": config.per_device_eval_batch_size, "image_processor": processor.image_processor}
     out: dict[str, Any] = {"zero_shot": {}, "retrieval": {}}
     for raw in zero_shot_specs:
         spec = DatasetSpec.from_dict(raw)
@@ -221,7 +222,8 @@ Classification images get class-name captions from {len(config.caption_templates
 each time it is read); Pascal and COCO images get one of their own captions. Repeats per epoch:
 `{json.dumps(config.train_parts)}`. Loss: symmetric InfoNCE with a learnable temperature (clamped at
 {config.max_logit_scale:g}), multi-positive {'on' if config.multi_positive else 'off'} (pairs naming the same class
-are positives of each other). Fashion-MNIST is outside the world: it is the later update task.
+are positives of each other; captioned pairs grouped by {config.caption_positives}). Fashion-MNIST is outside the
+world: it is the later update task.
 
 ## Training
 
@@ -337,7 +339,7 @@ def run_pretrain(config: PretrainConfig, command: str | None = None) -> dict[str
         prepare_world(config.world_source, config.world_dir)
     parts = load_train_parts(config.world_dir, config.train_parts, crop, config.cache_dir)
     cache_seconds = time.perf_counter() - cache_start
-    dataset = WorldTrainDataset(parts, config.caption_templates)
+    dataset = WorldTrainDataset(parts, config.caption_templates, config.caption_positives)
     logger.info("Training pairs per epoch: %d (%s); cache ready in %.1fs", len(dataset), dataset.part_sizes(),
                 cache_seconds)
     ip = processor.image_processor

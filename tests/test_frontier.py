@@ -1,0 +1,107 @@
+"""Frontiers of `clip-cl report` on synthetic results: kept %, UT-Acc relative to FT, interpolation at matched UT-Acc
+(checked by hand), curves that do not reach the matched UT-Acc, and the figure."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clip_cl.report import build_frontiers, find_runs, group_runs, interpolate_at, kept_percent, write_report
+
+
+def _eval(ut, cifar, coco_tr):
+    return {"ut": {"acc": ut, "top5": 100.0, "per_session": [ut], "per_session_task": [ut], "num_classes_seen": 10,
+                   "num_images": 100},
+            "zero_shot": {"cifar10": {"top1": cifar, "top5": 90.0, "num_images": 100}},
+            "retrieval": {"coco": {"tr@1": coco_tr, "tr@5": 1.0, "tr@10": 1.0, "ir@1": coco_tr, "ir@5": 1.0,
+                                   "ir@10": 1.0, "num_images": 50, "num_captions": 250}}}
+
+
+def _run(root, name, method, seed, ut, cifar, coco_tr, **config):
+    folder = Path(root) / name / f"seed{seed}"
+    folder.mkdir(parents=True)
+    results = {"method": method, "variant": "WM", "protocol": "ost", "num_sessions": 1, "seed": seed,
+               "config": {"method": method, "variant": "WM", "protocol": "ost", "seed": seed, **config},
+               "before": _eval(20.0, 40.0, 12.0), "status": "complete",
+               "splits": {"zero_shot": [{"name": "cifar10", "class_names": [f"c{i}" for i in range(10)]}]},
+               "sessions": [{"session": 1, "eval": _eval(ut, cifar, coco_tr)}]}
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "runs"
+    for seed, ut in enumerate((50.0, 60.0, 70.0)):  # FT's mean UT-Acc: 60
+        _run(root, "ft", "ft", seed, ut, 25.0, 7.0)
+    # LwF: alpha 0.5 at 95% of FT's UT-Acc (two seeds), alpha 2 at 80%
+    _run(root, "lwf_0.5", "lwf", 0, 56.0, 33.0, 10.0, lwf_alpha=0.5)
+    _run(root, "lwf_0.5", "lwf", 1, 58.0, 35.0, 10.0, lwf_alpha=0.5)
+    _run(root, "lwf_2", "lwf", 0, 48.0, 37.0, 11.0, lwf_alpha=2.0)
+    # VR-LwF: only near FT (98% and 102%): it never reaches 90%
+    _run(root, "vr_0.1", "vr_lwf", 0, 61.2, 31.0, 9.0, vr_lambda=0.1)
+    _run(root, "vr_0.5", "vr_lwf", 0, 58.8, 34.0, 9.0, vr_lambda=0.5)
+    return root
+
+
+def test_kept_percent_and_interpolation_by_hand():
+    assert kept_percent(25.0, 40.0, 10.0) == pytest.approx(50.0)  # (25 - 10) / (40 - 10)
+    assert kept_percent(25.0, 40.0, None) == pytest.approx(62.5)  # chance unknown: plain ratio
+    assert kept_percent(5.0, 10.0, 10.0) is None and kept_percent(None, 40.0, 10.0) is None
+    pts = [(95.0, 80.0), (80.0, 90.0)]  # unsorted on purpose
+    assert interpolate_at(pts, 90.0) == pytest.approx(90.0 - (10 / 15) * 10.0)
+    assert interpolate_at(pts, 80.0) == 90.0 and interpolate_at(pts, 95.0) == 80.0
+    assert interpolate_at(pts, 100.0) is None and interpolate_at(pts, 79.9) is None  # never extrapolated
+    assert interpolate_at([(100.0, 50.0)], 100.0) == 50.0 and interpolate_at([(100.0, 50.0)], 90.0) is None
+    assert interpolate_at([(90.0, 10.0), (90.0, 20.0), (100.0, 35.0)], 95.0) == pytest.approx(25.0)  # ties averaged
+    assert interpolate_at([], 90.0) is None
+
+
+def test_frontier_points_and_matched_table(sweep, tmp_path):
+    (frontier,) = build_frontiers(group_runs(find_runs(sweep)))
+    assert frontier.ft_ut == pytest.approx(60.0) and frontier.start_x == pytest.approx(100 * 20 / 60)
+    assert [m.label for m in frontier.measures] == ["ZS top-1 cifar10", "TR@1 coco", "IR@1 coco"]
+    lwf = frontier.curves["lwf"]
+    assert [p.strength for p in lwf] == ["2.0", "0.5"]  # sorted by x
+    assert lwf[1].x.mean == pytest.approx(95.0) and lwf[1].x.std == pytest.approx(100 * 2 ** 0.5 / 60) and lwf[1].n == 2
+    # kept on CIFAR-10 (chance 10%, start 40%): alpha 0.5 -> (23/30 + 25/30) / 2 = 80%; alpha 2 -> 27/30 = 90%
+    assert lwf[1].kept["ZS top-1 cifar10"].mean == pytest.approx(80.0)
+    assert lwf[0].kept["ZS top-1 cifar10"].mean == pytest.approx(90.0)
+    cifar = frontier.measures[0]
+    assert frontier.matched("lwf", cifar, 90.0) == pytest.approx(90.0 - (10 / 15) * 10.0)  # 83.33
+    assert frontier.matched("lwf", cifar, 100.0) is None  # LwF's curve stops at 95%
+    # VR-LwF at x = 98 (kept 80%) and 102 (70%): 75% at 100, and 90% is out of its range
+    assert frontier.matched("vr_lwf", cifar, 100.0) == pytest.approx(75.0)
+    assert frontier.matched("vr_lwf", cifar, 90.0) is None
+    # FT is one point at exactly 100%: (25 - 10) / 30 = 50%
+    assert frontier.matched("ft", cifar, 100.0) == pytest.approx(50.0) and frontier.matched("ft", cifar, 90.0) is None
+    # R@1 chance = 1 / 50 images = 2%: FT keeps (7 - 2) / (12 - 2) = 50%
+    assert frontier.matched("ft", frontier.measures[1], 100.0) == pytest.approx(50.0)
+
+    md = write_report(sweep, tmp_path / "out", figures=False).read_text()
+    table = [line for line in md.split("## Frontiers", 1)[1].split("\n## ", 1)[0].splitlines() if line.startswith("|")]
+    assert table[0] == ("| Method | strengths | UT-Acc range (% of FT) | ZS top-1 cifar10 @ 90% / 100% | "
+                        "TR@1 coco @ 90% / 100% | IR@1 coco @ 90% / 100% |")
+    assert table[2].startswith("| FT | 1 | 100.0 | n.r. / 50.0 | n.r. / 50.0 |")
+    assert table[3].startswith("| LwF (α) | 2 | 80.0–95.0 | 83.3 / n.r. |")
+    assert table[4].startswith("| VR-LwF (λ) | 2 | 98.0–102.0 | n.r. / 75.0 |")
+    assert "plain ratio" not in md  # every measure recorded its chance level
+
+
+def test_frontier_figure_and_plain_ratio_note(sweep, tmp_path):
+    # a run that does not record its zero-shot classes: kept % falls back to the plain ratio, and the report says so
+    file = next(sweep.glob("lwf_2/seed0/results.json"))
+    results = json.loads(file.read_text())
+    del results["splits"]
+    file.write_text(json.dumps(results))
+    out = tmp_path / "out"
+    md = write_report(sweep, out).read_text()
+    for ext in ("png", "svg"):
+        assert (out / f"frontier_ost_WM.{ext}").stat().st_size > 5000
+    assert "](frontier_ost_WM.png)" in md and "(frontier_ost_WM.svg)" in md
+    assert "Chance level not recorded for ZS top-1 cifar10" in md
+
+
+def test_no_frontier_without_ft(tmp_path):
+    _run(tmp_path / "runs", "lwf", "lwf", 0, 50.0, 30.0, 9.0, lwf_alpha=0.5)
+    assert build_frontiers(group_runs(find_runs(tmp_path / "runs"))) == []
+    assert "## Frontiers" not in write_report(tmp_path / "runs", figures=False).read_text()
