@@ -5,6 +5,9 @@
   instead of caching them, and VR-LwF's pseudo-texts go through the student's text encoder in a call of their own
   (two student text calls per step) and through the teacher's text encoder every step. The losses are the same as
   clip-cl's, so only the cost differs.
+- `VRLwFOneCallTrainer`, `VRLwFKeepTrainer`: clip-cl's VR-LwF with the pseudo-texts in the class prompts' padded
+  student call (what it did on every device before it used two calls on the CPU), and with two calls that keep the
+  pseudo-texts' activations instead of recomputing them in the backward: the two choices measured side by side.
 - `FloorPseudoTrainer`: FT plus what VR-LwF cannot avoid on the student side: the `M` pseudo-texts in the student's
   text-encoder call, and a KL on the image-to-pseudo-text logits against constant targets (forward and backward
   through them). Its step plus the teacher's image forward is VR-LwF's floor.
@@ -68,6 +71,15 @@ class NaiveVRLwFTrainer(VRLwFTrainer):
         student_logits = outputs.logit_scale * outputs.image_embeds @ student_pseudo.t()
         teacher_logits = self.teacher_logit_scale() * teacher_image @ teacher_pseudo.t()
         return {"vr": args.vr_lambda * kd_kl_loss(student_logits, teacher_logits, args.vr_temperature)}
+
+
+class VRLwFOneCallTrainer(VRLwFTrainer):
+    def separate_extra_text_call(self, model, extra) -> bool:
+        return False
+
+
+class VRLwFKeepTrainer(VRLwFTrainer):
+    _recompute_extra_texts = False
 
 
 class FloorPseudoTrainer(CLIPFineTuneTrainer):

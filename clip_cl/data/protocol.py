@@ -47,7 +47,7 @@ def build_sessions(num_classes: int, num_sessions: int, seed: int) -> list[list[
         raise ValueError(f"num_sessions must be at least 1 (1 = one session, OST), got {num_sessions!r}.")
     if num_sessions > num_classes:
         raise ValueError(f"num_sessions={num_sessions} exceeds the {num_classes} classes of the update task; every "
-                         "session needs at least one class.")
+                         f"session needs at least one class: set num_sessions to at most {num_classes}.")
     order = np.random.default_rng(seed).permutation(int(num_classes))
     return [[int(c) for c in part] for part in np.array_split(order, int(num_sessions))]
 

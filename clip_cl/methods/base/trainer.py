@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from ...features import concat_tokens, image_features, tokenize
+from ...errors import NonFiniteLossError
+from ...features import concat_tokens, image_features, text_features, tokenize
 from ...io import atomic_write_json, read_json
 from ...prompts import class_text_features, format_prompts
 from ...variants import apply_variant
@@ -94,6 +95,8 @@ class CLIPCLTrainer(Trainer):
     _train_data: ClassVar[str] = "session"
     # Whether every session restarts from the original model (Joint-FT's upper bound).
     _restart_from_initial: ClassVar[bool] = False
+    # Whether the extra texts' separate call recomputes its activations in the backward (see `extra_text_features`).
+    _recompute_extra_texts: ClassVar[bool] = False
 
     # compute_loss returns a mean over the micro-batch; the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
@@ -248,29 +251,65 @@ class CLIPCLTrainer(Trainer):
     def _templates_count(self) -> int:
         return len(self.args.train_templates)
 
-    def student_forward(self, model, pixel_values: torch.Tensor) -> StudentOutputs:
-        """One call of the (possibly DDP-wrapped) model on the batch and all texts of the step.
+    def separate_extra_text_call(self, model, extra: dict[str, torch.Tensor]) -> bool:
+        """Whether the method's extra texts get a text-encoder call of their own instead of sharing the class prompts'.
 
-        Going through the wrapper's `forward` matters: DDP only synchronises gradients of a forward it saw.
+        One call pads the extra texts to the longest class prompt (VR-LwF's 10-token pseudo-texts to 16 tokens with
+        the default templates: 1.5x the tokens) but is a single launch sequence; two calls encode only real tokens.
+        Two calls are used on the CPU, where the encoder's arithmetic dominates and the padded call measured 1.5-1.6x
+        the text work of two (`benchmarks/bench_text_call.py`, docs/performance.md). One call is kept on accelerators
+        (fewer kernel launches at these small text batches) and under any wrapper (DDP, FSDP, DeepSpeed): FSDP and
+        DeepSpeed ZeRO-3 gather sharded weights only in the wrapper's forward, so a second call on the bare module
+        would see shards; DDP alone would synchronise correctly (autograd sums a weight's gradients from both calls
+        before DDP's hook fires), but multi-process runs are GPU runs in practice.
+        """
+        return unwrap(model) is model and extra["input_ids"].device.type == "cpu"
+
+    def extra_text_features(self, model, extra: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised student features of the extra texts, in a call of their own (see [`separate_extra_text_call`]).
+
+        With `_recompute_extra_texts` (VR-LwF), their activations are not kept for the backward but recomputed in it
+        (`torch.utils.checkpoint`, non-reentrant, on this call only): the values are the same, the peak memory of the
+        pseudo-texts' pass goes, one more forward of this call is the price. The call runs before the main one, so its
+        backward (and recomputation) comes last, after the image tower's activations are freed.
+        """
+        # Not inside the model's own activation checkpointing (nothing kept to save there).
+        if self._recompute_extra_texts and torch.is_grad_enabled() and model.training and not getattr(
+                model, "is_activation_checkpointing", False):
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(text_features, model, extra["input_ids"], extra["attention_mask"], use_reentrant=False)
+        return text_features(model, extra["input_ids"], extra["attention_mask"])
+
+    def student_forward(self, model, pixel_values: torch.Tensor) -> StudentOutputs:
+        """The student's features and logits of the batch and all texts of the step.
+
+        The batch and the class prompts go through one call of the (possibly DDP-wrapped) model: DDP only
+        synchronises gradients of a forward it saw. The method's extra texts join that call, or get one of their own
+        where that is faster ([`separate_extra_text_call`]).
         """
         tokens = self.class_tokens(pixel_values.device)
         extra = self.extra_text_tokens(model)
         n_prompts = tokens["input_ids"].shape[0]
         input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
-        if extra is not None:
+        extra_embeds = None
+        if extra is not None and self.separate_extra_text_call(model, extra):
+            extra_embeds = self.extra_text_features(model, extra)
+        elif extra is not None:
             both = concat_tokens(tokens, extra, self.clip_tokenizer.pad_token_id)
             input_ids, attention_mask = both["input_ids"], both["attention_mask"]
         out = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         text = out.text_embeds
         class_embeds = text[:n_prompts]
+        if extra is not None and extra_embeds is None:
+            extra_embeds = text[n_prompts:]
         n_templates = self._templates_count()
         if n_templates > 1:
             class_embeds = F.normalize(class_embeds.view(len(self.class_names), n_templates, -1).mean(1), dim=-1)
         scale = unwrap(model).logit_scale.exp()
         image_embeds = out.image_embeds
         logits = scale * image_embeds @ class_embeds.t()
-        return StudentOutputs(image_embeds=image_embeds, class_embeds=class_embeds,
-                              extra_embeds=text[n_prompts:] if extra is not None else None,
+        return StudentOutputs(image_embeds=image_embeds, class_embeds=class_embeds, extra_embeds=extra_embeds,
                               logit_scale=scale, logits=logits)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -281,7 +320,7 @@ class CLIPCLTrainer(Trainer):
         loss = ce + sum(terms.values()) if terms else ce
         if not torch.isfinite(loss.detach()):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in {"ce": ce, **terms}.items())
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"Non-finite loss at step {self.state.global_step} ({parts}). The run stopped before this update; "
                 "the last saved checkpoint and results are intact. Lower the learning rate, enable gradient clipping "
                 "(max_grad_norm), or switch fp16 to bf16.")

@@ -52,6 +52,9 @@ class VRLwFTrainer(LwFTrainer):
     _method = "vr_lwf"
     _tag_names: ClassVar[list[str]] = ["clip-cl", "continual-learning", "clip", "vr-lwf", "distillation"]
     _paper: ClassVar[dict] = PAPER
+    # Where the pseudo-texts get a student call of their own (CPU), their activations are recomputed in the backward
+    # instead of kept: they were the largest part of VR-LwF's peak memory (docs/performance.md).
+    _recompute_extra_texts: ClassVar[bool] = True
 
     def __init__(self, model, args, train_dataset=None, processing_class=None,
                  class_names: Sequence[str] | None = None, class_ids: Sequence[int] | None = None,
