@@ -214,9 +214,19 @@ def parse_config(argv: Sequence[str] | None = None, *, prog: str = "clip-cl trai
         hints = "; ".join(f"{f}{_suggest(f[2:].replace('-', '_'), valid)}" for f in flags) or " ".join(remaining)
         raise ConfigError(f"Unknown option(s): {hints}. Run `{prog} --method {spec.name} --help` for the list.")
     values = {k: v for k, v in vars(args).items() if k in valid}
-    try:  # the config classes check values in __post_init__ (ValueError names the field and the valid range)
-        return config_cls(**values)
+    return config_cls(**values)
+
+
+def _cli_config(argv: Sequence[str], prog: str):
+    """[`parse_config`] for a command: a value the config class rejects (its `__post_init__` raises `ValueError`
+    naming the field and what it accepts) is a [`ConfigError`] that says where to fix it. (Library callers such as
+    the sweep keep the `ValueError`: they tell values this machine cannot run, e.g. bf16 without a GPU, apart.)"""
+    try:
+        return parse_config(argv, prog=prog)
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as err:
+        config_path = _split_config_arg(list(argv))[0]
         where = f"in {config_path} or on the command line" if config_path else "on the command line"
         raise ConfigError(f"{str(err).rstrip('.')}. Fix the value {where}.") from None
 
@@ -227,7 +237,7 @@ def train_main(argv: Sequence[str] | None = None) -> dict:
     from .runner import run_protocol
 
     _setup_logging()
-    config = parse_config(argv)
+    config = _cli_config(argv, "clip-cl train")
     results = run_protocol(config)
     from accelerate import PartialState
 
@@ -279,7 +289,7 @@ def eval_main(argv: Sequence[str] | None = None) -> dict:
     from .runner import build_evaluator, build_protocol, load_model
 
     _setup_logging()
-    config = parse_config(argv, prog="clip-cl eval")
+    config = _cli_config(argv, "clip-cl eval")
     model, processor = load_model(config)
     model.to(PartialState().device)
     protocol = build_protocol(config)

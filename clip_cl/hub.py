@@ -77,7 +77,7 @@ def _changed_settings(cfg: dict[str, Any], method: str) -> dict[str, Any]:
 
     config_cls = get_method(method).config_cls
     try:
-        defaults = result_config(config_cls(output_dir="clip-cl-defaults", use_cpu=bool(cfg.get("use_cpu"))))
+        defaults = result_config(config_cls(output_dir="clip-cl-defaults"))
     except (ValueError, TypeError):  # a method config that cannot be built bare: compare with its field defaults
         defaults = {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
     out = {"method": method}

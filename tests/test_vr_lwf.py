@@ -129,8 +129,8 @@ def test_mst_adds_lwf_over_distilled_classes(tmp_path, tiny, random_images):
     batch = batch_of(trainer.train_dataset, 4)
     outputs = trainer.student_forward(model, batch["pixel_values"])
     hook.remove()
-    # old prompt + pseudo-classes; on the CPU in a call of their own, after the class prompts' call
-    assert len(calls) == 2 and outputs.extra_embeds.shape[0] == 1 + 16
+    # old prompt + pseudo-classes, in the class prompts' call (a call of their own would save no padding here)
+    assert len(calls) == 1 and outputs.extra_embeds.shape[0] == 1 + 16
     terms = trainer.method_losses(model, batch, outputs, trainer.map_labels(batch["labels"]))
     with torch.no_grad():
         names = ["a", "b", "old"]
@@ -184,21 +184,24 @@ def test_variant_freezing_with_grad_accumulation(tmp_path, tiny, random_images, 
 
 @pytest.mark.parametrize("separate", [False, True])
 def test_encoder_calls_per_step(tmp_path, tiny, random_images, monkeypatch, separate):
-    """Student text-encoder calls per micro-batch: one (class prompts + pseudo-texts, padded) under a wrapper or on an
-    accelerator; on the bare CPU model two, plus the pseudo-texts' recomputation in the backward. One teacher call
-    per micro-batch (its class features are cached)."""
+    """Student text-encoder calls per micro-batch: one (class prompts + extra texts, padded), or two plus the extra
+    texts' recomputation in the backward when they get a call of their own. One teacher call per micro-batch (its
+    class features are cached)."""
     model, _ = tiny
     trainer = make_trainer(tmp_path, tiny, random_images, per_device_train_batch_size=2,
                            gradient_accumulation_steps=2, max_steps=2, protocol="mst", num_sessions=2,
                            distill_class_names=["a", "b", "old"])
-    assert trainer.separate_extra_text_call(model, trainer.class_tokens(torch.device("cpu")))
-    if not separate:
-        monkeypatch.setattr(trainer, "separate_extra_text_call", lambda model, extra: False)
-    student, teacher = [], []
+    monkeypatch.setattr(trainer, "separate_extra_text_call", lambda model, extra: separate)
+    student, checkpointed, teacher = [], [], []
     model.text_model.register_forward_hook(lambda *a: student.append(1))
     trainer.teacher.text_model.register_forward_hook(lambda *a: teacher.append(1))
+    original = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: checkpointed.append(1) or original(*a, **k))
     trainer.train()
-    assert len(student) == (3 if separate else 1) * 4 and len(teacher) == 4  # 2 steps x 2 micro-batches
+    # 2 steps x 2 micro-batches; a separate call's text layers keep only their inputs (recomputed in the backward)
+    n_layers = len(model.text_model.encoder.layers)
+    assert len(student) == (2 if separate else 1) * 4 and len(checkpointed) == (n_layers * 4 if separate else 0)
+    assert len(teacher) == 4
 
 
 def _step_loss_and_grads(trainer, model, batch):
@@ -208,6 +211,17 @@ def _step_loss_and_grads(trainer, model, batch):
     loss = trainer.compute_loss(model, batch)
     loss.backward()
     return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_separate_call_where_it_saves_padding(tmp_path, tiny, random_images):
+    """On the CPU, OST's pseudo-texts (10 tokens) get their own call next to the longer class prompts; in MST with
+    old-class prompts (as long as the class prompts) in the same block there is nothing to save: one call."""
+    model, _ = tiny
+    ost = make_trainer(tmp_path, tiny, random_images)
+    assert ost.separate_extra_text_call(model, ost.draw_pseudo_classes(model))
+    mst = make_trainer(tmp_path, tiny, random_images, protocol="mst", num_sessions=2,
+                       distill_class_names=["a", "b", "old"])
+    assert not mst.separate_extra_text_call(model, mst.extra_text_tokens(model))
 
 
 @pytest.mark.parametrize("protocol", ["ost", "mst"])
@@ -220,6 +234,7 @@ def test_text_call_choices_give_the_same_loss(tmp_path, tiny, random_images, mon
                            **({"num_sessions": 2, "distill_class_names": ["a", "b", "old"]} if protocol == "mst"
                               else {}))
     batch = batch_of(trainer.train_dataset, 4)
+    monkeypatch.setattr(trainer, "separate_extra_text_call", lambda model, extra: True)
     recomputed = _step_loss_and_grads(trainer, model, batch)
     monkeypatch.setattr(trainer, "_recompute_extra_texts", False)
     kept = _step_loss_and_grads(trainer, model, batch)

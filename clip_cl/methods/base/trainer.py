@@ -8,7 +8,9 @@ A method subclasses it and overrides [`~CLIPCLTrainer.method_losses`] (and rarel
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
 import os
 from collections import defaultdict
@@ -18,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from transformers import Trainer
 
 from ...errors import NonFiniteLossError
@@ -41,6 +44,30 @@ PAPER = {
         "  journal={arXiv preprint arXiv:2207.09248},\n  year={2022}\n}"
     ),
 }
+
+
+@contextlib.contextmanager
+def _checkpointed_layers(module):
+    """Switch on the non-reentrant activation checkpointing of `module`'s transformer layers (transformers'
+    `GradientCheckpointingLayer`s, what `gradient_checkpointing_enable` sets on every layer) for the enclosed calls
+    only, then restore them. `module=None` does nothing."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in module.modules() if isinstance(m, GradientCheckpointingLayer)] if module is not None else []
+    saved = [(m, m.__dict__.get("gradient_checkpointing"), m.__dict__.get("_gradient_checkpointing_func"))
+             for m in layers]
+    func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+    for m in layers:
+        m.gradient_checkpointing, m._gradient_checkpointing_func = True, func
+    try:
+        yield
+    finally:
+        for m, flag, old in saved:
+            for name, value in (("gradient_checkpointing", flag), ("_gradient_checkpointing_func", old)):
+                if value is None:
+                    m.__dict__.pop(name, None)
+                else:
+                    setattr(m, name, value)
 
 
 def unwrap(model):
@@ -254,32 +281,38 @@ class CLIPCLTrainer(Trainer):
     def separate_extra_text_call(self, model, extra: dict[str, torch.Tensor]) -> bool:
         """Whether the method's extra texts get a text-encoder call of their own instead of sharing the class prompts'.
 
-        One call pads the extra texts to the longest class prompt (VR-LwF's 10-token pseudo-texts to 16 tokens with
-        the default templates: 1.5x the tokens) but is a single launch sequence; two calls encode only real tokens.
-        Two calls are used on the CPU, where the encoder's arithmetic dominates and the padded call measured 1.5-1.6x
-        the text work of two (`benchmarks/bench_text_call.py`, docs/performance.md). One call is kept on accelerators
-        (fewer kernel launches at these small text batches) and under any wrapper (DDP, FSDP, DeepSpeed): FSDP and
+        One call pads both groups to the longer one (VR-LwF's 10-token pseudo-texts to the 16-token class prompts
+        of the default templates: 1.5x the tokens) but is one launch sequence; two calls encode only their own
+        lengths. Two calls are used on the CPU when one call would pad by more than 10 % of the tokens: there the
+        encoder's arithmetic, proportional to the tokens, dominates, and the padded call measured 1.5-1.6x the text
+        work of two (`benchmarks/bench_text_call.py`, docs/performance.md). One call is kept on accelerators (fewer
+        kernel launches at these small text batches) and under any wrapper (DDP, FSDP, DeepSpeed): FSDP and
         DeepSpeed ZeRO-3 gather sharded weights only in the wrapper's forward, so a second call on the bare module
         would see shards; DDP alone would synchronise correctly (autograd sums a weight's gradients from both calls
-        before DDP's hook fires), but multi-process runs are GPU runs in practice.
+        before DDP's hook fires) but multi-process runs are GPU runs in practice, so it keeps the single call too.
         """
-        return unwrap(model) is model and extra["input_ids"].device.type == "cpu"
+        if unwrap(model) is not model or extra["input_ids"].device.type != "cpu":
+            return False
+        prompts = self.class_tokens(extra["input_ids"].device)["input_ids"]
+        (n_a, len_a), (n_b, len_b) = prompts.shape, extra["input_ids"].shape
+        return (n_a + n_b) * max(len_a, len_b) > 1.1 * (n_a * len_a + n_b * len_b)
 
     def extra_text_features(self, model, extra: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised student features of the extra texts, in a call of their own (see [`separate_extra_text_call`]).
 
-        With `_recompute_extra_texts` (VR-LwF), their activations are not kept for the backward but recomputed in it
-        (`torch.utils.checkpoint`, non-reentrant, on this call only): the values are the same, the peak memory of the
-        pseudo-texts' pass goes, one more forward of this call is the price. The call runs before the main one, so its
-        backward (and recomputation) comes last, after the image tower's activations are freed.
+        With `_recompute_extra_texts` (VR-LwF), the text tower's layers keep only their inputs for the backward and
+        recompute the rest in it, layer by layer, in this call only (the transformer layers' own non-reentrant
+        activation checkpointing, switched on around the call): the values are the same, the pseudo-texts' share of
+        the peak memory goes, one more forward of the layers is the price. An all-ones attention mask (VR-LwF's
+        pseudo-texts all have the same length) is dropped: the causal mask alone gives the same features, faster.
         """
-        # Not inside the model's own activation checkpointing (nothing kept to save there).
-        if self._recompute_extra_texts and torch.is_grad_enabled() and model.training and not getattr(
-                model, "is_activation_checkpointing", False):
-            from torch.utils.checkpoint import checkpoint
-
-            return checkpoint(text_features, model, extra["input_ids"], extra["attention_mask"], use_reentrant=False)
-        return text_features(model, extra["input_ids"], extra["attention_mask"])
+        mask = extra.get("attention_mask")
+        if mask is not None and bool(mask.all()):
+            mask = None
+        recompute = self._recompute_extra_texts and torch.is_grad_enabled() and model.training and not getattr(
+            model, "is_activation_checkpointing", False)  # under the model's own checkpointing nothing is kept anyway
+        with _checkpointed_layers(unwrap(model).text_model if recompute else None):
+            return text_features(model, extra["input_ids"], mask)
 
     def student_forward(self, model, pixel_values: torch.Tensor) -> StudentOutputs:
         """The student's features and logits of the batch and all texts of the step.

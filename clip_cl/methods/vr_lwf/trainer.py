@@ -152,7 +152,8 @@ class VRLwFTrainer(LwFTrainer):
         mode), or a look-up in the pool's cached features."""
         if self._step_pool_index is not None:
             return self._pool_teacher[self._step_pool_index]
-        return teacher_call(text_features, self.teacher, **self._step_pseudo)
+        # Every pseudo-text has the same length (no padding): the causal mask alone is exact, and faster than a mask.
+        return teacher_call(text_features, self.teacher, self._step_pseudo["input_ids"], None)
 
     # ------------------------------------------------------------------ the loss
     def method_losses(self, model, inputs: dict, outputs: StudentOutputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
