@@ -85,6 +85,10 @@ class VRLwFKeepTrainer(VRLwFTrainer):
 class FloorPseudoTrainer(CLIPFineTuneTrainer):
     """FT + the student's forward and backward over `num_pseudo` fixed pseudo-texts (see the module docstring)."""
 
+    # The student's pseudo-text pass as VR-LwF runs it (where it gets a call of its own, its layers are recomputed
+    # in the backward), so that the floor holds the same work.
+    _recompute_extra_texts = VRLwFTrainer._recompute_extra_texts
+
     def __init__(self, *args, num_pseudo: int = 100, pseudo_length: int = 8, **kwargs):
         super().__init__(*args, **kwargs)
         from clip_cl.losses import sample_pseudo_tokens
