@@ -13,7 +13,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _import_structure: dict[str, list[str]] = {
-    "models": ["TINY_CLIP_CONFIG", "clip_tokenizer", "load_clip", "tiny_clip"],
+    "models": ["TINY_CLIP_CONFIG", "TINY_MODEL_NAMES", "clip_tokenizer", "load_clip", "load_model", "tiny_clip",
+               "tiny_model"],
+    "adapters": ["ModelAdapter", "get_adapter", "register_adapter"],
     "prompts": ["DEFAULT_TRAIN_TEMPLATES", "DEFAULT_ZERO_SHOT_TEMPLATES", "class_text_features", "format_prompts"],
     "variants": ["VARIANTS", "apply_variant"],
     "methods": ["get_method", "list_methods", "register_method"],
@@ -54,10 +56,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .adapters import ModelAdapter, get_adapter, register_adapter
     from .data import DatasetSpec, Protocol, build_sessions, with_image_transform
     from .evaluation import Evaluator, continual_metrics, retrieval_recall, topk_accuracy
     from .methods import get_method, list_methods, register_method
     from .methods.base import CLIPCLConfig, CLIPCLTrainer
     from .methods.ft import CLIPFineTuneTrainer, FTConfig
-    from .models import TINY_CLIP_CONFIG, clip_tokenizer, load_clip, tiny_clip
+    from .models import TINY_CLIP_CONFIG, TINY_MODEL_NAMES, clip_tokenizer, load_clip, load_model, tiny_clip, tiny_model
     from .runner import run_protocol

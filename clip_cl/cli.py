@@ -286,11 +286,11 @@ def eval_main(argv: Sequence[str] | None = None) -> dict:
     from accelerate import PartialState
 
     from .io import atomic_write_json
-    from .runner import build_evaluator, build_protocol, load_model
+    from .runner import build_evaluator, build_protocol, load_run_model
 
     _setup_logging()
     config = _cli_config(argv, "clip-cl eval")
-    model, processor = load_model(config)
+    model, processor = load_run_model(config)
     model.to(PartialState().device)
     protocol = build_protocol(config)
     skipped: dict[str, int] = {}

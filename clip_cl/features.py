@@ -1,7 +1,8 @@
-"""The one place where images and texts become L2-normalised CLIP features.
+"""The one entry point where images and texts become L2-normalised features, for every supported model family.
 
-Every trainer, evaluator and benchmark goes through these helpers, so the pooling/projection conventions of
-`transformers.CLIPModel` (which in transformers 5 returns an output object from `get_*_features`) live here only.
+Every trainer, evaluator and benchmark goes through these helpers; they dispatch to the model's adapter
+(`clip_cl.adapters`), the only place that knows a family's conventions (pooling, projections, image inputs,
+tokenisation, logit scale and bias).
 """
 
 from __future__ import annotations
@@ -10,41 +11,52 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import CLIPModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-__all__ = ["image_features", "text_features", "tokenize", "concat_tokens", "encode_texts"]
+from .adapters import adapter_for_tokenizer, get_adapter, unwrap_model
+
+__all__ = ["image_features", "text_features", "image_inputs", "tokenize", "concat_tokens", "encode_texts",
+           "logit_scale", "logit_bias"]
 
 
-def _unwrap(model) -> CLIPModel:
-    """The bare `CLIPModel` under DDP/FSDP/compile wrappers (their `forward` is not what we call)."""
-    while hasattr(model, "module"):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
+def image_inputs(model, pixel_values: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The keyword inputs of the model's image tower for normalised `[B, 3, H, W]` pixels (SigLIP 2: NaFlex patches,
+    `pixel_attention_mask`, `spatial_shapes`; CLIP and SigLIP: the pixels themselves)."""
+    return get_adapter(model).image_inputs(model, pixel_values)
 
 
 def image_features(model, pixel_values: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     """Projected image embeddings `[B, D]`, L2-normalised unless `normalize=False`."""
-    feats = _unwrap(model).get_image_features(pixel_values=pixel_values).pooler_output
-    return F.normalize(feats, dim=-1) if normalize else feats
+    return get_adapter(model).image_features(model, pixel_values, normalize)
 
 
 def text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                   normalize: bool = True) -> torch.Tensor:
     """Projected text embeddings `[T, D]`, L2-normalised unless `normalize=False`."""
-    feats = _unwrap(model).get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-    return F.normalize(feats, dim=-1) if normalize else feats
+    return get_adapter(model).text_features(model, input_ids, attention_mask, normalize)
+
+
+def logit_scale(model) -> torch.Tensor:
+    """The model's multiplier `exp(logit_scale)` (a scalar tensor, with gradient)."""
+    return get_adapter(model).logit_scale(model)
+
+
+def logit_bias(model) -> torch.Tensor | None:
+    """The model's learned logit bias (sigmoid-trained families), else `None`."""
+    return get_adapter(model).logit_bias(model)
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], device=None) -> dict[str, torch.Tensor]:
-    """Tokenise with padding to the longest text and truncation to the model's context length."""
-    enc = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
-    return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    """Tokenise by the tokenizer's family rules: CLIP pads to the longest text, SigLIP / SigLIP 2 pad every text to
+    the context length (their text towers pool the last position); truncation to the context length."""
+    return adapter_for_tokenizer(tokenizer).tokenize(tokenizer, texts, device)
 
 
 def concat_tokens(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
     """Stack two tokenised batches of different lengths (right padding with `pad_id`, attention mask 0).
 
     Padding with the end-of-text id keeps CLIP's pooling right: it reads the first end-of-text token of each row.
+    Families that pad every text to a fixed length give batches of equal length, which are stacked unchanged.
 
     Args:
         a, b (`dict`): `{"input_ids", "attention_mask"}` of shapes `[n_a, L_a]` and `[n_b, L_b]`.
@@ -67,7 +79,7 @@ def concat_tokens(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id
 def encode_texts(model, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 256,
                  device=None) -> torch.Tensor:
     """Normalised features of many texts, batched, without gradient. Returns `[len(texts), D]` in float32."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     device = device if device is not None else next(model.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):

@@ -135,6 +135,7 @@ def model_card_data(results: dict) -> ModelCardData:
     only) and the `model-index` of the final model's metrics."""
     from .methods import get_method
     from .methods.base.trainer import PAPER
+    from .models import TINY_MODEL_NAMES
 
     trainer = get_method(results["method"]).trainer_cls
     tags = list(getattr(trainer, "_tag_names", ["clip-cl", "continual-learning", "clip"])) + [results["method"]]
@@ -149,7 +150,7 @@ def model_card_data(results: dict) -> ModelCardData:
     base_name = Path(str(base)).name if base else "clip"
     return ModelCardData(
         library_name="transformers", pipeline_tag="zero-shot-image-classification", tags=list(dict.fromkeys(tags)),
-        base_model=base if _is_hub_id(base) and base != "tiny-random" else None, datasets=datasets or None,
+        base_model=base if _is_hub_id(base) and base not in TINY_MODEL_NAMES else None, datasets=datasets or None,
         model_name=f"{base_name}-{results['method']}-{results['protocol']}" if evals else None,
         eval_results=evals or None)
 
@@ -242,7 +243,7 @@ def model_card(results: dict, config=None, command: str | None = None) -> str:
                       "config.yaml --output_dir my-run`.", "", "```yaml", settings, "```"]
 
     body = [
-        f"# {display} on CLIP ({results.get('variant')}, {protocol.upper()})", "",
+        f"# {display} on {Path(str(base)).name if base else 'CLIP'} ({results.get('variant')}, {protocol.upper()})", "",
         f"`{base}` updated with **{display}** for continual learning (clip-cl, a toolkit that reproduces Ding et al. "
         f"2022, [\"Don't Stop Learning: Towards Continual Learning for the CLIP Model\"]({PAPER_URL})): it learns the "
         "update task's classes while keeping as much as it can of the starting model's zero-shot and retrieval "

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 __all__ = [
     "GEODL_FORMS",
     "kd_kl_loss",
+    "sigmoid_kd_loss",
     "sample_pseudo_tokens",
+    "sample_pseudo_texts",
     "allowed_token_ids",
     "resolve_subspace_dim",
     "pca_basis",
@@ -59,6 +61,38 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
     return kl.mean() * (t * t)
+
+
+def sigmoid_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+    r"""Distillation of pairwise sigmoid probabilities, for families trained with SigLIP's sigmoid loss:
+
+    `T^2 * mean_i sum_j KL(Bernoulli(sigmoid(t_ij / T)) || Bernoulli(sigmoid(s_ij / T)))`
+
+    Every image-text pair is its own binary "match" probability (SigLIP's view), so the teacher's probabilities are
+    matched pair by pair instead of as a softmax over a row. The logits must include the family's logit bias. The
+    teacher side is detached.
+
+    Args:
+        student_logits (`torch.Tensor`): `[B, K]` pair logits of the student (`scale * cos + bias`).
+        teacher_logits (`torch.Tensor`): `[B, K]` pair logits of the teacher (constants).
+        temperature (`float`, defaults to 1.0): temperature `T > 0`.
+
+    Returns:
+        `torch.Tensor`: a float32 scalar, 0 when student and teacher logits coincide.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape.")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    t = float(temperature)
+    s = student_logits.float() / t
+    q = teacher_logits.detach().float() / t
+    p_teacher = torch.sigmoid(q)
+    # KL(Bern(p) || Bern(r)) = p (log p - log r) + (1 - p) (log(1 - p) - log(1 - r)); logsigmoid keeps it stable.
+    kl = p_teacher * (F.logsigmoid(q) - F.logsigmoid(s)) + (1 - p_teacher) * (F.logsigmoid(-q) - F.logsigmoid(-s))
+    return kl.sum(-1).mean() * (t * t)
 
 
 # ---------------------------------------------------------------------------------------------------------- VR-LwF
@@ -107,6 +141,57 @@ def sample_pseudo_tokens(
     body = allowed[idx]
     ids = torch.cat([torch.full((num, 1), int(bos_id)), body, torch.full((num, 1), int(eos_id))], dim=1)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def sample_pseudo_texts(
+    num: int,
+    length: int,
+    allowed_ids: torch.Tensor,
+    prefix: Iterable[int] = (),
+    suffix: Iterable[int] = (),
+    pad_id: int = 0,
+    padded_length: int | None = None,
+    padding_side: str = "right",
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """VR-LwF's pseudo-classes framed by any family's rules: `num` sequences `[*prefix, w_1..w_length, *suffix]`
+    with words drawn uniformly (with replacement) from `allowed_ids`, padded to `padded_length` when the family
+    pads every text to a fixed length (SigLIP: 64, pooling the last position).
+
+    With CLIP's frame (`prefix=[bos]`, `suffix=[eos]`, no padding) and the same allowed ids this draws exactly what
+    [`sample_pseudo_tokens`] draws from the same generator.
+
+    Args:
+        num (`int`): number of pseudo-classes `M`.
+        length (`int`): number of random words `L` per pseudo-class.
+        allowed_ids (`torch.Tensor`): the ids a word may take (see `ModelAdapter.sampleable_token_ids`).
+        prefix, suffix (`Iterable[int]`): ids the family's tokenizer puts before / after the words.
+        pad_id (`int`): padding id (attention mask 0 there).
+        padded_length (`int`, *optional*): total length to pad to; `None` = no padding.
+        padding_side (`str`, defaults to `"right"`): where padding goes ("right" or "left").
+        generator (`torch.Generator`, *optional*): a CPU generator, for reproducible draws.
+
+    Returns:
+        `dict`: `{"input_ids", "attention_mask"}` LongTensors `[num, padded_length or len(prefix) + L + len(suffix)]`.
+    """
+    if num <= 0 or length <= 0:
+        raise ValueError(f"num and length must be positive, got num={num}, length={length}.")
+    if allowed_ids.numel() == 0:
+        raise ValueError("No token id is left to sample from after excluding the special tokens.")
+    prefix, suffix = [int(i) for i in prefix], [int(i) for i in suffix]
+    idx = torch.randint(allowed_ids.numel(), (num, length), generator=generator)
+    parts = [torch.tensor(prefix, dtype=torch.long).expand(num, -1), allowed_ids[idx].long(),
+             torch.tensor(suffix, dtype=torch.long).expand(num, -1)]
+    ids = torch.cat(parts, dim=1)
+    mask = torch.ones_like(ids)
+    if padded_length is not None:
+        extra = int(padded_length) - ids.shape[1]
+        if extra < 0:
+            raise ValueError(f"A pseudo-text of {ids.shape[1]} tokens exceeds the padded length {padded_length}; "
+                             "lower vr_pseudo_length.")
+        pad = (extra, 0) if padding_side == "left" else (0, extra)
+        ids, mask = F.pad(ids, pad, value=int(pad_id)), F.pad(mask, pad, value=0)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 # ----------------------------------------------------------------------------------------------------------- GeoDL

@@ -31,16 +31,16 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers import CLIPModel
+from transformers import PreTrainedModel
 from transformers.trainer_utils import set_seed
 
 from .errors import DataError, ModelLoadError, UserError, user_input
 from .io import atomic_save_dir, atomic_write_json, atomic_write_text, read_json
 from .methods import get_method
 from .methods.base.config import CLIPCLConfig
-from .models import load_clip
+from .models import load_model
 
-__all__ = ["run_protocol", "build_protocol", "build_evaluator", "load_model", "config_fingerprint", "RunFolderError"]
+__all__ = ["run_protocol", "build_protocol", "build_evaluator", "load_run_model", "config_fingerprint", "RunFolderError"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ _NON_RESULT_FIELDS = {
     "ddp_timeout", "ddp_backend", "skip_memory_metrics", "log_on_each_node", "do_train", "do_eval", "do_predict",
     "torch_compile", "torch_compile_backend", "torch_compile_mode",
 }
+
+
+# Settings added after runs were recorded: left out of `result_config` at these (default) values, so the fingerprints
+# of existing run folders and sweeps do not change.
+_OMITTED_AT_DEFAULT = {"class_order": "seeded", "update_test_templates": None}
 
 
 class RunFolderError(UserError, RuntimeError):
@@ -74,6 +79,8 @@ def result_config(config: CLIPCLConfig) -> dict[str, Any]:
     for key, value in sorted(config.to_dict().items()):
         if key in _NON_RESULT_FIELDS or key.startswith("_"):
             continue
+        if key in _OMITTED_AT_DEFAULT and value == _OMITTED_AT_DEFAULT[key]:
+            continue
         out[key] = _jsonable(value)
     out["method"] = config.method_name
     return out
@@ -85,11 +92,11 @@ def config_fingerprint(config: CLIPCLConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def load_model(config: CLIPCLConfig):
+def load_run_model(config: CLIPCLConfig):
     """`(model, processor)` of `config.model_name_or_path`; a path or id that cannot be loaded is a
     [`ModelLoadError`]."""
     with user_input(ModelLoadError, (OSError, ValueError)):
-        return load_clip(config.model_name_or_path, local_files_only=config.local_files_only)
+        return load_model(config.model_name_or_path, local_files_only=config.local_files_only)
 
 
 def build_protocol(config: CLIPCLConfig):
@@ -124,6 +131,7 @@ def _build_protocol(config: CLIPCLConfig):
         update_test=DatasetSpec.from_dict(test_spec),
         num_sessions=config.num_sessions,
         class_order_seed=config.class_order_seed,
+        class_order=config.class_order,
         zero_shot=[DatasetSpec.from_dict(eval_spec(d)) for d in config.zero_shot_datasets],
         retrieval=[DatasetSpec.from_dict(eval_spec(d)) for d in config.retrieval_datasets],
     )
@@ -174,8 +182,9 @@ def _build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[st
         update=update,
         zero_shot=zero_shot,
         retrieval=retrieval,
+        retrieval_folds={spec.name: spec.eval_folds for spec in protocol.retrieval},
         zero_shot_templates=config.zero_shot_templates,
-        ut_templates=config.zero_shot_templates,
+        ut_templates=config.update_test_templates or config.zero_shot_templates,
         batch_size=config.per_device_eval_batch_size,
         num_workers=config.dataloader_num_workers,
         autocast_dtype=autocast,
@@ -262,7 +271,7 @@ def _complete_trainer_state(path: Path) -> bool:
         return False
 
 
-def _save_model(model: CLIPModel, processor, path: Path) -> None:
+def _save_model(model: PreTrainedModel, processor, path: Path) -> None:
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)  # safetensors
         processor.save_pretrained(tmp)
@@ -270,7 +279,7 @@ def _save_model(model: CLIPModel, processor, path: Path) -> None:
     atomic_save_dir(path, write)
 
 
-def _load_weights(model: CLIPModel, path: Path) -> None:
+def _load_weights(model: PreTrainedModel, path: Path) -> None:
     from safetensors.torch import load_file
 
     file = path / "model.safetensors"
@@ -344,7 +353,7 @@ def run_protocol(config: CLIPCLConfig) -> dict:
     _prepare_folder(out, config, state)
     set_seed(config.seed)
 
-    model, processor = load_model(config)
+    model, processor = load_run_model(config)
     model.to(state.device)
     protocol = build_protocol(config)
     skipped: dict[str, int] = {}
@@ -400,6 +409,7 @@ def run_protocol(config: CLIPCLConfig) -> dict:
             seen_ids = [c for s in protocol.sessions[: t + 1] for c in s]
             from .data import with_image_transform
 
+            args = _session_args(config, session_dir, t)
             with user_input(DataError):  # the training split is loaded here
                 if trainer_cls._train_data == "seen":
                     raw, ids = protocol.joint_train(t), seen_ids
@@ -408,9 +418,8 @@ def run_protocol(config: CLIPCLConfig) -> dict:
                 train_name = f"{protocol.update_train.name}/{protocol.update_train.split}"
                 raw = _checked(raw, train_name, config, skipped)
                 train_ds = with_image_transform(raw, processor.image_processor, train=True, label_column="label",
-                                                dataset_name=train_name)
+                                                dataset_name=train_name, seed=args.seed)
             names = [protocol.class_names[i] for i in ids]
-            args = _session_args(config, session_dir, t)
             set_seed(args.seed)
             extra_kwargs = {}
             if getattr(trainer_cls, "_accepts_distill_class_names", False):

@@ -1,6 +1,8 @@
-"""Which parts of CLIP train: the paper's variants WM (whole model), IO (image encoder only), TO (text encoder only).
+"""Which parts of the model train: the paper's variants WM (whole model), IO (image encoder only), TO (text encoder
+only).
 
-This is the one place that decides freezing; every method goes through [`apply_variant`].
+This is the one place that decides freezing; every method goes through [`apply_variant`]. Which parameter belongs to
+which tower is the model adapter's knowledge (`clip_cl.adapters`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,6 @@ __all__ = ["VARIANTS", "check_variant", "apply_variant", "tower_of", "trainable_
 
 VARIANTS = ("WM", "IO", "TO")
 
-# Parameter-name prefixes of a `transformers.CLIPModel` per tower (projections belong to their tower).
-_IMAGE_PREFIXES = ("vision_model.", "visual_projection.")
-_TEXT_PREFIXES = ("text_model.", "text_projection.")
 
 
 def check_variant(variant: str) -> str:
@@ -35,39 +34,48 @@ def trainable_towers(variant: str) -> tuple[bool, bool]:
     return v in ("WM", "IO"), v in ("WM", "TO")
 
 
-def tower_of(name: str) -> str | None:
-    """'image', 'text' or None (e.g. `logit_scale`) for a parameter name of a CLIPModel (wrappers' prefixes ignored)."""
-    for prefix in ("module.", "base_model.model.", "_orig_mod."):
-        while name.startswith(prefix):
-            name = name[len(prefix):]
-    if name.startswith(_IMAGE_PREFIXES):
-        return "image"
-    if name.startswith(_TEXT_PREFIXES):
-        return "text"
+def tower_of(name: str, model: nn.Module | None = None) -> str | None:
+    """'image', 'text' or None (e.g. `logit_scale`, `logit_bias`) for a parameter name (wrappers' prefixes ignored).
+
+    Args:
+        name (`str`): a parameter or module name.
+        model (`nn.Module`, *optional*): the model it belongs to; without it, any supported family's naming is
+            recognised (their tower prefixes do not clash).
+    """
+    from .adapters import ADAPTERS, get_adapter
+
+    adapters = [get_adapter(model)] if model is not None else list(ADAPTERS.values())
+    for adapter in adapters:
+        tower = adapter.tower_of(name)
+        if tower is not None:
+            return tower
     return None
 
 
 def apply_variant(model: nn.Module, variant: str, train_logit_scale: bool = False) -> list[str]:
-    """Set `requires_grad` of every parameter of a CLIP model according to the variant.
+    """Set `requires_grad` of every parameter of a model according to the variant.
 
     Args:
-        model (`nn.Module`): a `CLIPModel` (or a model whose parameter names start with its towers' names).
+        model (`nn.Module`): a model of a supported family (see `clip_cl.adapters`), possibly wrapped.
         variant (`str`): "WM", "IO" or "TO".
-        train_logit_scale (`bool`, defaults to `False`): whether the temperature `logit_scale` trains too (only with
-            WM, the paper keeps CLIP's temperature otherwise).
+        train_logit_scale (`bool`, defaults to `False`): whether the parameters outside both towers (the temperature
+            `logit_scale`, and SigLIP's `logit_bias`) train too (only with WM; the paper keeps the temperature).
 
     Returns:
         `list[str]`: the names of the trainable parameters.
     """
+    from .adapters import get_adapter
+
     image_on, text_on = trainable_towers(variant)
+    adapter = get_adapter(model)
     trainable = []
     for name, param in model.named_parameters():
-        tower = tower_of(name)
+        tower = adapter.tower_of(name)
         on = (tower == "image" and image_on) or (tower == "text" and text_on) or (
             tower is None and train_logit_scale and image_on and text_on)
         param.requires_grad_(on)
         if on:
             trainable.append(name)
     if not trainable:
-        raise ValueError(f"Variant {variant!r} left no trainable parameter in {type(model).__name__}; is it a CLIPModel?")
+        raise ValueError(f"Variant {variant!r} left no trainable parameter in {type(model).__name__}.")
     return trainable

@@ -319,3 +319,35 @@ def test_verify_images_raises_or_drops_and_counts():
     assert kept["label"][:] == [0, 1, 0, 1, 2, 1]  # rows 2 and 6 (labels 2 and 0) are gone, order kept
     clean, none = verify_images(_toy(4))
     assert none == 0 and len(clean) == 4
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training randomness keyed by (seed, epoch, row)
+
+
+def _epoch_pixels(dataset, epoch: int, num_workers: int = 0, persistent: bool = False):
+    from clip_cl.data import EpochSampler
+
+    sampler = EpochSampler(len(dataset), seed=3)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=num_workers,
+                                         persistent_workers=persistent, collate_fn=collate_classification)
+    out = []
+    for e in range(epoch + 1):
+        sampler.set_epoch(e)
+        out = [b["pixel_values"] for b in loader]
+    return torch.cat(out)
+
+
+def test_keyed_augmentation_ignores_global_rng_and_workers(tiny_processor):
+    dataset = with_image_transform(_toy(12), tiny_processor, train=True, label_column="label", seed=7)
+    torch.manual_seed(0)
+    reference = _epoch_pixels(dataset, epoch=1)
+    torch.manual_seed(99)  # another process history
+    assert torch.equal(_epoch_pixels(dataset, epoch=1), reference)
+    assert torch.equal(_epoch_pixels(dataset, epoch=1, num_workers=2, persistent=True), reference)
+    # epochs draw different crops/flips and orders; another seed draws other crops
+    assert not torch.equal(_epoch_pixels(dataset, epoch=0), reference)
+    other = with_image_transform(_toy(12), tiny_processor, train=True, label_column="label", seed=8)
+    assert not torch.equal(_epoch_pixels(other, epoch=1), reference)
+    # a key is epoch * rows + row: the same row in the same epoch is always the same pixels
+    assert torch.equal(dataset[12 + 5]["pixel_values"], dataset.__getitems__([3, 12 + 5])[1]["pixel_values"])

@@ -118,6 +118,20 @@ def test_retrieval_eval_matches_metric(clip, data):
     assert len(texts) == 1 + 2 + 3 + 1 + 2  # unequal caption counts
 
 
+def test_retrieval_eval_folds_average_equal_consecutive_folds(clip):
+    # CL-CLIP's COCO numbers average 5 folds of 1k images; here 6 images in 2 folds, against each half on its own.
+    model, tok = clip
+    rows = build_datasets(n_retrieval=6)["retrieval"].rows
+    halves = [retrieval_eval(model, tok, ListDataset(rows[:3]), disable_tqdm=True),
+              retrieval_eval(model, tok, ListDataset(rows[3:]), disable_tqdm=True)]
+    got = retrieval_eval(model, tok, ListDataset(rows), folds=2, disable_tqdm=True)
+    for key in ("tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10"):
+        assert got[key] == pytest.approx((halves[0][key] + halves[1][key]) / 2)
+    assert got["folds"] == 2 and got["num_images"] == 6
+    with pytest.raises(ValueError, match="cannot be split into 4 equal folds"):
+        retrieval_eval(model, tok, ListDataset(rows), folds=4, disable_tqdm=True)
+
+
 def test_retrieval_eval_rejects_image_without_captions(clip):
     model, tok = clip
     ds = ListDataset([{"pixel_values": torch.zeros(3, 32, 32), "captions": ["a cat"]},
@@ -140,12 +154,22 @@ def _ut_reference(feats, text, labels, sessions, seen):
 
     seen_classes = upto(seen - 1) if seen else upto(len(sessions) - 1)
     head = acc(seen_classes, seen_classes)
+    # CL-CLIP (methods/base.py: test, get_acc_bwt): argmax over every class, per-class accuracy, mean per session.
+    everything = upto(len(sessions) - 1)
+    pred = [everything[int((feats[i] @ text[everything].T).argmax())] for i in range(len(labels))]
+    per_class = {c: 100.0 * sum(p == c for p, y in zip(pred, labels) if y == c) / labels.count(c)
+                 for c in everything if c in labels}
+    balanced = [sum(per_class[c] for c in s if c in per_class) / len([c for c in s if c in per_class])
+                if any(c in per_class for c in s) else None for s in sessions]
+    counted = [b for b in balanced[:seen or len(sessions)] if b is not None]
     return {
         "acc": head and head["top1"], "top5": head and head["top5"],
         "per_session": [(r := acc(s, upto(max(seen - 1, j)))) and r["top1"] for j, s in enumerate(sessions)],
         "per_session_task": [(r := acc(s, s)) and r["top1"] for s in sessions],
         "num_classes_seen": len(upto(seen - 1)) if seen else 0,
         "num_images": sum(y in seen_classes for y in labels),
+        "balanced_acc": sum(counted) / len(counted) if counted else None,
+        "balanced_per_session": balanced,
     }
 
 
@@ -158,7 +182,10 @@ def test_updated_task_eval_matches_slices(clip, data, seen):
     text = class_text_features(model, tok, UT_CLASSES, DEFAULT_TRAIN_TEMPLATES)
     labels = [data["update"][i]["labels"] for i in range(11)]
     want = _ut_reference(feats, text, labels, UT_SESSIONS, seen)
-    assert got == want
+    assert {k: v for k, v in got.items() if not k.startswith("balanced")} == {
+        k: v for k, v in want.items() if not k.startswith("balanced")}
+    assert got["balanced_acc"] == pytest.approx(want["balanced_acc"])
+    assert got["balanced_per_session"] == pytest.approx(want["balanced_per_session"])
     assert got["num_images"] == {0: 11, 1: 5, 2: 9, 3: 11}[seen]
     assert got["per_session_task"][0] is not None and len(got["per_session"]) == 3
 
@@ -175,7 +202,8 @@ def test_evaluator_schema_json_and_summary(clip, data):
     model, tok = clip
     results = build_evaluator(tok, data).evaluate(model, seen=2)
     assert set(results) == {"seen", "ut", "zero_shot", "retrieval", "seconds"}
-    assert set(results["ut"]) == {"acc", "top5", "per_session", "per_session_task", "num_classes_seen", "num_images"}
+    assert set(results["ut"]) == {"acc", "top5", "per_session", "per_session_task", "num_classes_seen", "num_images",
+                                  "balanced_acc", "balanced_per_session"}
     assert set(results["zero_shot"]["zs"]) == {"top1", "top5", "num_images"}
     assert set(results["retrieval"]["ret"]) == {"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10", "num_images",
                                                 "num_captions"}

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -103,3 +104,51 @@ def test_nan_loss_stops_with_a_message(tmp_path, tiny, random_images):
     batch["pixel_values"][0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="Non-finite loss"):
         trainer.compute_loss(model, batch)
+
+
+def _jpeg_dataset(n: int, labels):
+    """`n` random RGB images of odd sizes (JPEG bytes) with cycling labels, as a `datasets.Dataset`."""
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (37 + i % 5, 45 - i % 3, 3), dtype=np.uint8)).save(buf, "JPEG")
+        images.append({"bytes": buf.getvalue(), "path": None})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    return datasets.Dataset.from_dict({"image": images, "label": [labels[i % len(labels)] for i in range(n)]},
+                                      features=features)
+
+
+@pytest.mark.parametrize("checkpoint", [2, 4])  # inside the first epoch, inside the second
+def test_resume_mid_epoch_trains_on_the_same_augmented_pixels(tmp_path, tiny, checkpoint):
+    # 48 rows, batch 16: 3 steps per epoch, 2 epochs, a checkpoint every 2 steps. The resumed trainer starts from a
+    # different global RNG state (another process's history): the result must still be bit-identical.
+    from clip_cl.data import with_image_transform
+
+    model, processor = tiny
+    pristine = snapshot(model)
+    data = with_image_transform(_jpeg_dataset(48, [3, 7]), processor.image_processor, train=True,
+                                label_column="label", seed=5)
+    args = dict(per_device_train_batch_size=16, num_train_epochs=2, save_strategy="steps", save_steps=2,
+                save_total_limit=None)
+    full = CLIPFineTuneTrainer(model=model, args=make_args(tmp_path, **args), train_dataset=data,
+                               processing_class=processor, class_names=["cat", "dog"], class_ids=[3, 7])
+    full.train()
+    reference = snapshot(full.model)
+
+    resumed_model = copy.deepcopy(tiny[0])
+    resumed_model.load_state_dict({**resumed_model.state_dict(), **pristine})
+    torch.manual_seed(1234)
+    torch.rand(17)
+    resumed = CLIPFineTuneTrainer(model=resumed_model, args=make_args(tmp_path / "r", **args), train_dataset=data,
+                                  processing_class=processor, class_names=["cat", "dog"], class_ids=[3, 7])
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / f"checkpoint-{checkpoint}"))
+    after = snapshot(resumed.model)
+    assert resumed.session_train_loss == full.session_train_loss
+    assert all(torch.equal(after[k], reference[k]) for k in reference)

@@ -13,11 +13,16 @@ train = with_image_transform(protocol.session_train(0), processor.image_processo
 """
 
 from .coco import CocoCaptions, CocoCaptionsConfig, CocoObjects, CocoObjectsConfig, load_coco
+from .eurosat import EuroSAT, EuroSATConfig, load_eurosat
+from .flickr30k import Flickr30k, Flickr30kConfig, load_flickr30k
 from .protocol import Protocol, build_sessions
 from .specs import BUILDERS, DatasetSpec, class_names_of, infer_builder, label_array, load_spec, subsample
+from .tiered_imagenet import TieredImageNet, TieredImageNetConfig, load_tiered_imagenet, tiered_imagenet_classes
 from .transforms import (
     CorruptImageError,
+    EpochSampler,
     ImageTransform,
+    KeyedTrainDataset,
     build_image_transform,
     collate_classification,
     collate_retrieval,
@@ -33,8 +38,16 @@ __all__ = [
     "CocoObjectsConfig",
     "CorruptImageError",
     "DatasetSpec",
+    "EpochSampler",
+    "EuroSAT",
+    "EuroSATConfig",
+    "Flickr30k",
+    "Flickr30kConfig",
     "ImageTransform",
+    "KeyedTrainDataset",
     "Protocol",
+    "TieredImageNet",
+    "TieredImageNetConfig",
     "build_image_transform",
     "build_sessions",
     "class_names_of",
@@ -43,8 +56,12 @@ __all__ = [
     "infer_builder",
     "label_array",
     "load_coco",
+    "load_eurosat",
+    "load_flickr30k",
     "load_spec",
+    "load_tiered_imagenet",
     "subsample",
+    "tiered_imagenet_classes",
     "verify_images",
     "with_image_transform",
 ]

@@ -23,22 +23,28 @@ import pyarrow.compute as pc
 
 from .specs import DatasetSpec, check_keys, class_names_of, label_array, load_spec
 
-__all__ = ["Protocol", "build_sessions"]
+__all__ = ["CLASS_ORDERS", "Protocol", "build_sessions"]
+
+CLASS_ORDERS: tuple[str, ...] = ("seeded", "given")
 
 logger = logging.getLogger(__name__)
 
 
-def build_sessions(num_classes: int, num_sessions: int, seed: int) -> list[list[int]]:
-    """Split the class ids into disjoint sessions, in a seeded random order.
+def build_sessions(num_classes: int, num_sessions: int, seed: int, order: str = "seeded") -> list[list[int]]:
+    """Split the class ids into disjoint sessions, in a seeded random order or in the dataset's own order.
 
     Args:
         num_classes (`int`): number of classes of the update task.
         num_sessions (`int`): number of sessions (1 = one-session training, OST; N > 1 = multi-session, MST).
-        seed (`int`): seed of the class permutation (the same seed gives the same sessions on every machine).
+        seed (`int`): seed of the class permutation (the same seed gives the same sessions on every machine); unused
+            with `order="given"`.
+        order (`str`, defaults to `"seeded"`): `"seeded"` permutes the ids with `seed`; `"given"` keeps them in label
+            order, so session `t` holds consecutive ids. With COCO's 80 classes in 8 sessions that is the official
+            `coco_process.py` phase, `category index // 10`; with EuroSAT's 10 in 5, `main_EuroSAT.py`'s `index // 2`.
 
     Returns:
         `list[list[int]]`: class ids per session. Sizes differ by at most one, the first sessions take the extra
-        classes (10 classes in 3 sessions: 4, 3, 3). Within a session ids follow the permutation.
+        classes (10 classes in 3 sessions: 4, 3, 3). Within a session ids follow the order.
     """
     if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}: the update task has no "
@@ -48,8 +54,11 @@ def build_sessions(num_classes: int, num_sessions: int, seed: int) -> list[list[
     if num_sessions > num_classes:
         raise ValueError(f"num_sessions={num_sessions} exceeds the {num_classes} classes of the update task; every "
                          f"session needs at least one class: set num_sessions to at most {num_classes}.")
-    order = np.random.default_rng(seed).permutation(int(num_classes))
-    return [[int(c) for c in part] for part in np.array_split(order, int(num_sessions))]
+    if order not in CLASS_ORDERS:
+        raise ValueError(f"class_order must be one of {CLASS_ORDERS}, got {order!r}.")
+    ids = (np.arange(int(num_classes)) if order == "given"
+           else np.random.default_rng(seed).permutation(int(num_classes)))
+    return [[int(c) for c in part] for part in np.array_split(ids, int(num_sessions))]
 
 
 def _rename(dataset: datasets.Dataset, spec: DatasetSpec, task: str) -> datasets.Dataset:
@@ -92,7 +101,9 @@ class Protocol:
         update_test (`DatasetSpec`): its test split; must have the same classes.
         num_sessions (`int`, defaults to 1): 1 trains on all classes at once (OST); N > 1 splits the classes into N
             disjoint sessions trained one after the other (MST).
-        class_order_seed (`int`, defaults to 0): seed of the class order, hence of the session contents.
+        class_order (`str`, defaults to `"seeded"`): `"seeded"` shuffles the classes with `class_order_seed` before
+            cutting them into sessions; `"given"` keeps the dataset's label order (the paper's COCO phases).
+        class_order_seed (`int`, defaults to 0): seed of the class order, hence of the session contents (`seeded`).
 
     Parameters of the retention measures:
         zero_shot (`list[DatasetSpec]`, defaults to `[]`): classification datasets evaluated zero-shot.
@@ -108,6 +119,8 @@ class Protocol:
     update_test: DatasetSpec = field(metadata={"help": "Test split of the update task."})
     num_sessions: int = field(default=1, metadata={"help": "1 = one-session training (OST), N = N sessions (MST)."})
     class_order_seed: int = field(default=0, metadata={"help": "Seed of the class order split into sessions."})
+    class_order: str = field(default="seeded", metadata={
+        "help": "'seeded': classes shuffled with class_order_seed; 'given': the dataset's label order."})
     zero_shot: list[DatasetSpec] = field(default_factory=list, metadata={"help": "Zero-shot classification sets."})
     retrieval: list[DatasetSpec] = field(default_factory=list, metadata={"help": "Image-text retrieval sets."})
     cache_dir: str | None = field(default=None, metadata={"help": "datasets cache directory."})
@@ -120,6 +133,8 @@ class Protocol:
         self.retrieval = _spec_list(self.retrieval, "retrieval")
         if not isinstance(self.num_sessions, int) or self.num_sessions < 1:
             raise ValueError(f"Protocol.num_sessions must be a positive integer, got {self.num_sessions!r}.")
+        if self.class_order not in CLASS_ORDERS:
+            raise ValueError(f"Protocol.class_order must be one of {CLASS_ORDERS}, got {self.class_order!r}.")
 
     @classmethod
     def from_dict(cls, d: Protocol | Mapping[str, Any]) -> Protocol:
@@ -148,6 +163,7 @@ class Protocol:
             "update_test": self.update_test.to_dict(),
             "num_sessions": self.num_sessions,
             "class_order_seed": self.class_order_seed,
+            "class_order": self.class_order,
             "zero_shot": [s.to_dict() for s in self.zero_shot],
             "retrieval": [s.to_dict() for s in self.retrieval],
             "cache_dir": self.cache_dir,
@@ -194,7 +210,8 @@ class Protocol:
     def sessions(self) -> list[list[int]]:
         """Label ids of each session (0-based). Raises if a session has no training rows, before any training."""
         if "sessions" not in self._cache:
-            sessions = build_sessions(len(self.class_names), self.num_sessions, self.class_order_seed)
+            sessions = build_sessions(len(self.class_names), self.num_sessions, self.class_order_seed,
+                                      self.class_order)
             train_counts = np.bincount(self._labels("train"), minlength=len(self.class_names))
             test_counts = np.bincount(self._labels("test"), minlength=len(self.class_names))
             for t, ids in enumerate(sessions):
@@ -296,6 +313,7 @@ class Protocol:
             "setting": "OST" if self.num_sessions == 1 else "MST",
             "num_sessions": self.num_sessions,
             "class_order_seed": self.class_order_seed,
+            "class_order_rule": self.class_order,
             "class_order": [names[i] for s in self.sessions for i in s],
             "sessions": sessions,
             "zero_shot": [{**spec.to_dict(), "num_rows": len(ds), "class_names": list(cn)}

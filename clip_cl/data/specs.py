@@ -23,7 +23,8 @@ __all__ = ["BUILDERS", "DatasetSpec", "check_keys", "class_names_of", "infer_bui
 
 logger = logging.getLogger(__name__)
 
-BUILDERS: tuple[str, ...] = ("parquet", "imagefolder", "hub", "coco_objects", "coco_captions")
+BUILDERS: tuple[str, ...] = ("parquet", "imagefolder", "hub", "coco_objects", "coco_captions", "flickr30k",
+                              "tiered_imagenet", "eurosat")
 TASKS: tuple[str, ...] = ("classification", "retrieval")
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -60,14 +61,19 @@ class DatasetSpec:
         path (`str`): where the data is. One of: a Hub dataset id (`"uoft-cs/cifar10"`); a local folder holding
             `{split}.parquet` or `{split}-*.parquet` (also under `data/`); a single local `.parquet` file; an image
             folder in `datasets`' imagefolder layout (`{path}/{split}/{class}/*.jpg`, or `{path}/{class}/*.jpg` for a
-            folder that is the split); or a COCO 2017 root (`annotations/`, `train2017/`, `val2017/`) for the COCO
-            builders.
+            folder that is the split); a COCO 2014 or 2017 root (`annotations/`, `{split}{year}/`) for the COCO
+            builders; a Flickr30k folder (`dataset_flickr30k.json`, `flickr30k-images/`); or, for `tiered_imagenet`,
+            an ImageNet folder or Parquet; for `eurosat`, the EuroSAT RGB folder.
         split (`str`, defaults to `"test"`): split to load. `datasets`' slicing works (`"train[:1000]"`). COCO splits
-            are `"train"` and `"val"` (`"validation"` is accepted).
-        builder (`str`, *optional*): how to read `path`: `"parquet"`, `"imagefolder"`, `"hub"`, `"coco_objects"` or
-            `"coco_captions"`. `None` infers it from `path`; the COCO builders must be named explicitly.
-        builder_kwargs (`dict`, *optional*): options of the builder, e.g. `{"min_box_size": 32}` for `coco_objects`
-            or `{"name": "plain_text"}` (a Hub config name) for `"hub"`.
+            are `"train"` and `"val"` (`"validation"` is accepted), plus `"test"` with a Karpathy file; Flickr30k's
+            are Karpathy's `"train"`, `"val"`, `"test"`; tieredImageNet's are its class splits (`"test"`, ...).
+        builder (`str`, *optional*): how to read `path`: `"parquet"`, `"imagefolder"`, `"hub"`, `"coco_objects"`,
+            `"coco_captions"`, `"flickr30k"`, `"tiered_imagenet"` or `"eurosat"`. `None` infers it from `path` (a
+            folder holding `dataset_flickr30k.json` is Flickr30k); the COCO, tieredImageNet and EuroSAT builders must
+            be named explicitly.
+        builder_kwargs (`dict`, *optional*): options of the builder, e.g. `{"year": 2014, "karpathy_file":
+            "dataset_coco.json", "min_box_size": 4, "min_box_size_inclusive": false}` for `coco_objects`,
+            `{"lowercase": true}` for `flickr30k`, or `{"name": "plain_text"}` (a Hub config name) for `"hub"`.
 
     Parameters that name the columns:
         image_column (`str`, defaults to `"image"`): column of `datasets.Image` (a column of file paths is cast to it).
@@ -75,6 +81,10 @@ class DatasetSpec:
         captions_column (`str`, defaults to `"captions"`): list of strings, or one string, per image (retrieval only).
         class_names (`list[str]`, *optional*): class names in label-id order; overrides the `ClassLabel` names (e.g.
             to give prompts nicer names) and is required when the label column is a plain integer.
+
+    Parameters of the evaluation:
+        eval_folds (`int`, defaults to 1): retrieval sets only: average Recall@K over this many consecutive folds of
+            equal size (5 on COCO's Karpathy 5k test = the official code's "COCO 1k" numbers).
 
     Parameters for quick runs:
         max_samples (`int`, *optional*): keep a seeded random subset of this many rows (in their original order).
@@ -90,6 +100,7 @@ class DatasetSpec:
     label_column: str = field(default="label", metadata={"help": "Column holding the integer class ids."})
     captions_column: str = field(default="captions", metadata={"help": "Column holding the captions of each image."})
     class_names: list[str] | None = field(default=None, metadata={"help": "Class names overriding the ClassLabel's."})
+    eval_folds: int = field(default=1, metadata={"help": "Retrieval: average recalls over this many equal folds."})
     max_samples: int | None = field(default=None, metadata={"help": "Seeded random subset size, for quick runs."})
     seed: int = field(default=0, metadata={"help": "Seed of the max_samples subset."})
 
@@ -104,6 +115,9 @@ class DatasetSpec:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"DatasetSpec {self.name!r}: unknown builder {self.builder!r}; use one of {BUILDERS} "
                              f"or leave it unset to infer it from the path.{hint}")
+        if not isinstance(self.eval_folds, int) or self.eval_folds < 1:
+            raise ValueError(f"DatasetSpec {self.name!r}: eval_folds must be a positive integer, got "
+                             f"{self.eval_folds!r}.")
         if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples < 1):
             raise ValueError(f"DatasetSpec {self.name!r}: max_samples must be a positive integer or None, "
                              f"got {self.max_samples!r}.")
@@ -182,12 +196,14 @@ def infer_builder(spec: DatasetSpec) -> str:
         raise ValueError(f"DatasetSpec {spec.name!r}: {path!r} is a file but not a .parquet file. Point path at a "
                          "Parquet file, a folder of Parquet files or images, or a Hub dataset id.")
     if os.path.isdir(path):
-        if os.path.isdir(os.path.join(path, "annotations")) and glob.glob(os.path.join(glob.escape(path), "annotations",
-                                                                                       "*2017.json")):
+        if os.path.isdir(os.path.join(path, "annotations")) and any(
+                glob.glob(os.path.join(glob.escape(path), "annotations", f"*{year}.json")) for year in (2014, 2017)):
             raise ValueError(f"DatasetSpec {spec.name!r}: {path!r} looks like a COCO root; set builder to "
                              "'coco_objects' (object crops, 80 classes) or 'coco_captions' (image-text retrieval).")
         if any(glob.glob(os.path.join(glob.escape(path), sub, "*.parquet")) for sub in ("", "data")):
             return "parquet"
+        if os.path.isfile(os.path.join(path, "dataset_flickr30k.json")):
+            return "flickr30k"
         if _has_images(path):
             return "imagefolder"
         raise FileNotFoundError(f"DatasetSpec {spec.name!r}: folder {path!r} holds neither Parquet files nor images. "
@@ -323,6 +339,18 @@ def load_spec(spec: DatasetSpec | Mapping[str, Any], *, task: str | None = None,
         dataset = _load_imagefolder(spec, path, cache_dir)
     elif builder == "hub":
         dataset = _load_hub(spec, cache_dir)
+    elif builder == "flickr30k":
+        from .flickr30k import load_flickr30k
+
+        dataset = load_flickr30k(path, spec.split, cache_dir=cache_dir, **(spec.builder_kwargs or {}))
+    elif builder == "tiered_imagenet":
+        from .tiered_imagenet import load_tiered_imagenet
+
+        dataset = load_tiered_imagenet(path, spec.split, cache_dir=cache_dir, **(spec.builder_kwargs or {}))
+    elif builder == "eurosat":
+        from .eurosat import load_eurosat
+
+        dataset = load_eurosat(path, spec.split, cache_dir=cache_dir, **(spec.builder_kwargs or {}))
     else:
         from .coco import load_coco  # the builders are only imported for COCO specs
 

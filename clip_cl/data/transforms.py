@@ -10,6 +10,7 @@ the same code serves the 32 px test model and 224 px CLIP. Randomness comes from
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,9 @@ from PIL import Image
 
 __all__ = [
     "CorruptImageError",
+    "EpochSampler",
     "ImageTransform",
+    "KeyedTrainDataset",
     "build_image_transform",
     "collate_classification",
     "collate_retrieval",
@@ -89,19 +92,19 @@ class ImageTransform:
             return image
         return image.resize((width, height), resample=self.resample)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
         if image.mode != "RGB":  # Fashion-MNIST is "L", some PNGs are "P"/"RGBA", some COCO JPEGs are "CMYK"
             image = image.convert("RGB")
         image = self._resize(image)
         w, h = image.size
         ch, cw = self.crop_size
         if self.train:
-            top = int(torch.randint(0, max(h - ch, 0) + 1, (1,)))
-            left = int(torch.randint(0, max(w - cw, 0) + 1, (1,)))
+            top = int(torch.randint(0, max(h - ch, 0) + 1, (1,), generator=generator))
+            left = int(torch.randint(0, max(w - cw, 0) + 1, (1,), generator=generator))
         else:
             top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
         image = image.crop((left, top, left + cw, top + ch))
-        if self.train and bool(torch.rand(()) < 0.5):
+        if self.train and bool(torch.rand((), generator=generator) < 0.5):
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
         return (pixels - self.mean) / self.std
@@ -126,6 +129,12 @@ def build_image_transform(image_processor, train: bool) -> ImageTransform:
         crop = size  # processors that resize to a fixed (height, width) and do not crop
     crop_hw = (_get(crop, "height"), _get(crop, "width"))
     shortest = _get(size, "shortest_edge")
+    budget, patch = getattr(image_processor, "max_num_patches", None), getattr(image_processor, "patch_size", None)
+    if None in crop_hw and shortest is None and budget and patch:
+        # Patch-budget (NaFlex) processors have no fixed size: crop the largest square that fits the budget; the
+        # model's adapter turns it into patches (clip_cl.adapters).
+        crop_hw = (math.isqrt(int(budget)) * int(patch),) * 2
+        shortest = crop_hw[0]
     if None in crop_hw:
         if shortest is None:
             raise ValueError(f"Cannot read the image size from {type(image_processor).__name__}: it has neither "
@@ -205,16 +214,19 @@ class _RowTransform:
         self.captions_column = captions_column
         self.dataset_name = dataset_name
 
-    def _pixels(self, value: Any) -> torch.Tensor:
+    def _pixels(self, value: Any, generator: torch.Generator | None = None) -> torch.Tensor:
         try:
             image = _decode(value, self.feature)
         except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
             index = _find_row(self.raw, self.image_column, value) if isinstance(value, Mapping) else None
             raise CorruptImageError(_corrupt_message(self.dataset_name, index, value or {}, err)) from err
-        return self.image_transform(image)
+        return self.image_transform(image, generator) if generator is not None else self.image_transform(image)
 
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {"pixel_values": [self._pixels(v) for v in batch[self.image_column]]}
+    def __call__(self, batch: dict[str, list], generators: Sequence[torch.Generator] | None = None
+                 ) -> dict[str, list]:
+        values = batch[self.image_column]
+        gens = generators if generators is not None else [None] * len(values)
+        out: dict[str, list] = {"pixel_values": [self._pixels(v, g) for v, g in zip(values, gens)]}
         if self.label_column is not None:
             out["labels"] = [int(v) for v in batch[self.label_column]]
         if self.captions_column is not None:
@@ -222,9 +234,100 @@ class _RowTransform:
         return out
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Training randomness keyed by (seed, epoch, row)
+#
+# Why keys and not the global RNG: a lazy transform that draws from torch's global RNG gives each sample whatever
+# state that RNG happens to be in, which depends on the process's history. On a mid-epoch resume, transformers'
+# Trainer restores the checkpoint's RNG state only *after* it has fetched the first batch following the skipped ones,
+# so that batch (and, through the shifted stream, every later one) got different crops and flips than in the
+# uninterrupted run. With several loader workers the draws also depend on which worker read which sample.
+#
+# Why the key travels through the sampler: `datasets.Dataset.with_transform` never sees a row's index or the epoch,
+# and an epoch stored on the dataset (`set_epoch`) does not reach DataLoader workers, which hold their own copy of the
+# dataset (persistent workers keep the copy from the first epoch). The sampler runs in the main process, and the
+# Trainer (and accelerate's `skip_first_batches` on resume) calls its `set_epoch` before every epoch; so it yields
+# `epoch * len(dataset) + row`, a plain int that passes unchanged through accelerate's batch samplers, shards and
+# skips, and through worker queues, and the dataset decodes `(epoch, row)` from it. Each sample's crop and flip then
+# come from a generator seeded by `(seed, epoch, row)`: the same in a resumed run, with any number of workers.
+
+
+def _keyed_generator(*key: int) -> torch.Generator:
+    """A torch generator seeded from a tuple of non-negative ints, mixed by numpy's `SeedSequence` (nearby keys give
+    unrelated streams). Keys: `(seed, epoch, row)` for a sample's augmentation, `(seed, epoch)` for an epoch's order."""
+    state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields the keys `epoch * num_rows + row` of one epoch, rows shuffled by `(seed, epoch)`, for a
+    [`KeyedTrainDataset`]. The Trainer calls [`set_epoch`] before each epoch (also when it resumes mid-epoch).
+
+    Args:
+        num_rows (`int`): rows of the dataset.
+        seed (`int`): seed of the row order (the Trainer's `data_seed`, else `seed`).
+        shuffle (`bool`, defaults to `True`): shuffle the rows every epoch.
+    """
+
+    def __init__(self, num_rows: int, seed: int, shuffle: bool = True):
+        self.num_rows, self.seed, self.shuffle = int(num_rows), int(seed), shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.num_rows, generator=_keyed_generator(self.seed, self.epoch))
+        else:
+            order = torch.arange(self.num_rows)
+        return iter((order + self.epoch * self.num_rows).tolist())
+
+
+class KeyedTrainDataset(torch.utils.data.Dataset):
+    """Training rows whose random augmentation is a function of `(seed, epoch, row)` only (see the comment above).
+
+    Index it with a key `epoch * len(self) + row` (what [`EpochSampler`] yields); a plain row index reads epoch 0.
+    [`clip_cl.CLIPCLTrainer`] samples it with [`epoch_sampler`] automatically.
+
+    Args:
+        rows (`datasets.Dataset`): the split with its image column undecoded, restricted to the columns used.
+        row_transform: the batch transform (decoding, augmentation with a per-sample generator, labels).
+        seed (`int`): seed of the augmentation.
+    """
+
+    def __init__(self, rows: datasets.Dataset, row_transform: _RowTransform, seed: int):
+        self.rows, self.row_transform, self.seed = rows, row_transform, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_rows={len(self)}, seed={self.seed}, transform={self.row_transform.image_transform})"
+
+    def epoch_sampler(self, seed: int, shuffle: bool = True) -> EpochSampler:
+        """The sampler that feeds this dataset its keys (rows shuffled by `(seed, epoch)`)."""
+        return EpochSampler(len(self), seed, shuffle)
+
+    def __getitems__(self, keys: Sequence[int]) -> list[dict[str, Any]]:
+        n = len(self)
+        pairs = [divmod(int(k), n) for k in keys]
+        if any(epoch < 0 for epoch, _ in pairs):
+            raise IndexError(f"Negative keys {[k for k in keys if int(k) < 0]} for a dataset of {n} rows.")
+        batch = self.rows[[row for _, row in pairs]]  # one Arrow read for the whole batch
+        out = self.row_transform(batch, [_keyed_generator(self.seed, e, r) for e, r in pairs])
+        return [dict(zip(out, values)) for values in zip(*out.values())]
+
+    def __getitem__(self, key: int) -> dict[str, Any]:
+        return self.__getitems__([key])[0]
+
+
 def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: bool, image_column: str = "image",
                          label_column: str | None = None, captions_column: str | None = None,
-                         dataset_name: str | None = None) -> datasets.Dataset:
+                         dataset_name: str | None = None, seed: int = 0) -> datasets.Dataset | KeyedTrainDataset:
     """A view of `dataset` whose rows are model inputs, transformed lazily (`dataset.with_transform`) as they are read.
 
     Args:
@@ -235,9 +338,11 @@ def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: b
         label_column (`str`, *optional*): for classification: rows get `"labels"` (an `int`).
         captions_column (`str`, *optional*): for retrieval: rows get `"captions"` (a `list[str]`).
         dataset_name (`str`, *optional*): named in the error raised for an unreadable image.
+        seed (`int`, defaults to 0): seed of the training augmentation (ignored when `train=False`).
 
     Returns:
-        `datasets.Dataset`: rows `{"pixel_values": FloatTensor[3, H, W], "labels": int}` or
+        `datasets.Dataset` (evaluation) or [`KeyedTrainDataset`] (training: crops and flips keyed by seed, epoch and
+        row, so a resumed run or another number of loader workers draws the same ones): rows `{"pixel_values": FloatTensor[3, H, W], "labels": int}` or
         `{"pixel_values", "captions": list[str]}`. An unreadable image raises [`CorruptImageError`] naming the
         dataset, the row and the image path. Batch rows with [`collate_classification`] / [`collate_retrieval`].
     """
@@ -249,6 +354,8 @@ def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: b
     transform = _RowTransform(raw, build_image_transform(image_processor, train), image_column, label_column,
                               captions_column, dataset_name)
     columns = [c for c in (image_column, label_column, captions_column) if c is not None]
+    if train:
+        return KeyedTrainDataset(raw.select_columns(columns), transform, seed)
     return raw.with_transform(transform, columns=columns)
 
 

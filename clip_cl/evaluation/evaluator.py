@@ -165,7 +165,7 @@ def encode_image_dataset(
     `accelerate` processes each encodes a contiguous shard and the results are gathered on every process.
 
     Args:
-        model (`torch.nn.Module`): a `CLIPModel` (DDP/FSDP/compiled wrappers are fine).
+        model (`torch.nn.Module`): a model of a supported family (DDP/FSDP/compiled wrappers are fine).
         dataset: map-style dataset whose rows hold `pixel_values` and `labels` (or `label`) and/or `captions`.
         batch_size (`int`, defaults to 256): images per forward pass (per process).
         num_workers (`int`, defaults to 0): `DataLoader` workers.
@@ -277,7 +277,7 @@ def zero_shot_eval(model, tokenizer, dataset, class_names: Sequence[str],
     """Zero-shot classification accuracy with a prompt-ensemble classifier.
 
     Args:
-        model: a `CLIPModel`.
+        model: a model of a supported family (`clip_cl.adapters`).
         tokenizer: its tokenizer.
         dataset: rows with `pixel_values` and `labels` indexing `class_names`.
         class_names (`Sequence[str]`): the class names, in label order.
@@ -299,19 +299,24 @@ def zero_shot_eval(model, tokenizer, dataset, class_names: Sequence[str],
     return out
 
 
-def retrieval_eval(model, tokenizer, dataset, **kw: Any) -> dict[str, Any]:
+def retrieval_eval(model, tokenizer, dataset, folds: int = 1, **kw: Any) -> dict[str, Any]:
     """Image-text retrieval Recall@{1,5,10} in both directions, several captions per image.
 
     Args:
-        model: a `CLIPModel`.
+        model: a model of a supported family (`clip_cl.adapters`).
         tokenizer: its tokenizer.
         dataset: rows with `pixel_values` and `captions` (a list of at least one string).
+        folds (`int`, defaults to 1): split the images into this many consecutive folds of equal size, rank each
+            fold's captions and images among that fold only, and average the recalls over the folds. 5 on COCO's
+            Karpathy 5k test is the "COCO 1k" protocol of the official CL-CLIP code (`methods/base.py: retri`).
         **kw: passed to [`encode_image_dataset`]; `batch_size` also batches the captions.
 
     Returns:
         `dict`: `{"tr@1", "tr@5", "tr@10", "ir@1", "ir@5", "ir@10"}` in percent (see [`retrieval_recall`]) plus
-        `"num_images"` and `"num_captions"`.
+        `"num_images"` and `"num_captions"` (and `"folds"` when above 1).
     """
+    if not isinstance(folds, int) or folds < 1:
+        raise ValueError(f"folds must be a positive integer, got {folds!r}.")
     batch_size, device, autocast_dtype = _split_kwargs(kw)
     feats, extras = encode_image_dataset(model, dataset, **kw)
     if "captions" not in extras:
@@ -323,7 +328,21 @@ def retrieval_eval(model, tokenizer, dataset, **kw: Any) -> dict[str, Any]:
     texts = [c for caps in captions for c in caps]
     text_to_image = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long)
     text = _text_side(model, _encode_texts_sharded, device, autocast_dtype, tokenizer, texts, batch_size)
-    out: dict[str, Any] = retrieval_recall(feats, text.to(feats.device), text_to_image, ks=(1, 5, 10))
+    text = text.to(feats.device)
+    if folds == 1:
+        out: dict[str, Any] = retrieval_recall(feats, text, text_to_image, ks=(1, 5, 10))
+    else:
+        if len(feats) % folds:
+            raise ValueError(f"{len(feats)} retrieval images cannot be split into {folds} equal folds; set eval_folds "
+                             "to a divisor of the number of images (5 for COCO's 5k test), or 1.")
+        size = len(feats) // folds
+        per_fold = []
+        for f in range(folds):
+            in_fold = (text_to_image >= f * size) & (text_to_image < (f + 1) * size)
+            per_fold.append(retrieval_recall(feats[f * size:(f + 1) * size], text[in_fold.to(text.device)],
+                                             text_to_image[in_fold] - f * size, ks=(1, 5, 10)))
+        out = {key: sum(r[key] for r in per_fold) / folds for key in per_fold[0]}
+        out["folds"] = folds
     out["num_images"] = len(feats)
     out["num_captions"] = len(texts)
     return out
@@ -349,7 +368,7 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
     the union of all sessions; images whose label is in no session are ignored.
 
     Args:
-        model: a `CLIPModel`.
+        model: a model of a supported family (`clip_cl.adapters`).
         tokenizer: its tokenizer.
         dataset: update-task test rows with `pixel_values` and `labels` (indices into `class_names`).
         class_names (`Sequence[str]`): all update-task classes.
@@ -362,8 +381,13 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
         `dict`: `"acc"`/`"top5"`: accuracy on the images of the seen classes, classifying among the seen classes (all
         classes when `seen == 0`); `"per_session"`: for each session `j`, accuracy on its images among the classes
         of sessions `0..max(seen - 1, j)`; `"per_session_task"`: for each `j`, accuracy among session `j`'s classes
-        only; `"num_classes_seen"` (classes of sessions `< seen`); `"num_images"` (images behind `"acc"`).
-        Accuracies are percent, `None` where a subset has no images.
+        only; `"num_classes_seen"` (classes of sessions `< seen`); `"num_images"` (images behind `"acc"`);
+        `"balanced_per_session"`: for each `j`, the mean over session `j`'s classes of their per-class accuracy,
+        classifying among all classes; `"balanced_acc"`: the mean of those over the seen sessions (all sessions when
+        `seen == 0`). The balanced pair is the UT-Acc of the official CL-CLIP code (`methods/base.py: test` and
+        `get_acc_bwt`: predictions over every class, per-class accuracy averaged per phase, then over the phases
+        learned). Accuracies are percent, `None` where a subset has no images (classes without images are left out
+        of the balanced means).
     """
     batch_size, device, autocast_dtype = _split_kwargs(kw)
     sessions = _check_sessions(sessions, len(class_names), seen)
@@ -393,6 +417,17 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
     head = accuracy(seen_classes, seen_classes)
     per_session = [accuracy(s, upto(max(seen - 1, j))) for j, s in enumerate(sessions)]
     per_session_task = [accuracy(s, s) for s in sessions]
+    every = upto(len(sessions) - 1)
+    column = torch.full((len(class_names),), -1, dtype=torch.long)
+    column[every] = torch.arange(len(every))
+    in_any = torch.isin(labels, torch.tensor(every))
+    predicted = torch.tensor(every)[(feats[in_any.to(feats.device)] @ text[every].T).argmax(1).cpu()]
+    hits = predicted == labels[in_any]
+    per_class = {c: 100.0 * hits[labels[in_any] == c].float().mean().item() for c in every
+                 if bool((labels[in_any] == c).any())}
+    balanced = [sum(per_class[c] for c in s if c in per_class) / n if (n := sum(c in per_class for c in s)) else None
+                for s in sessions]
+    counted = [b for b in balanced[:seen if seen > 0 else len(sessions)] if b is not None]
     return {
         "acc": head["top1"] if head else None,
         "top5": head["top5"] if head else None,
@@ -400,6 +435,8 @@ def updated_task_eval(model, tokenizer, dataset, class_names: Sequence[str], ses
         "per_session_task": [r["top1"] if r else None for r in per_session_task],
         "num_classes_seen": len(upto(seen - 1)) if seen > 0 else 0,
         "num_images": int(torch.isin(labels, torch.tensor(seen_classes)).sum()),
+        "balanced_acc": sum(counted) / len(counted) if counted else None,
+        "balanced_per_session": balanced,
     }
 
 
@@ -412,6 +449,7 @@ class Evaluator:
             [`updated_task_eval`].
         zero_shot (`dict[str, tuple]`, *optional*): `name -> (dataset, class_names)` zero-shot classification sets.
         retrieval (`dict[str, Dataset]`, *optional*): `name -> dataset` retrieval sets (rows with `captions`).
+        retrieval_folds (`dict[str, int]`, *optional*): `name -> folds` of [`retrieval_eval`] (default 1).
         zero_shot_templates (`Sequence[str]`, defaults to `DEFAULT_ZERO_SHOT_TEMPLATES`): prompts of the zero-shot
             sets (the paper's `"this is a photo of {} ."`).
         ut_templates (`Sequence[str]`, defaults to `DEFAULT_TRAIN_TEMPLATES`): prompts of the update task (the
@@ -430,6 +468,7 @@ class Evaluator:
         update: tuple[Any, Sequence[str], Sequence[Sequence[int]]] | None = None,
         zero_shot: Mapping[str, tuple[Any, Sequence[str]]] | None = None,
         retrieval: Mapping[str, Any] | None = None,
+        retrieval_folds: Mapping[str, int] | None = None,
         zero_shot_templates: Sequence[str] = DEFAULT_ZERO_SHOT_TEMPLATES,
         ut_templates: Sequence[str] = DEFAULT_TRAIN_TEMPLATES,
         batch_size: int = 256,
@@ -446,6 +485,7 @@ class Evaluator:
         self.update = update
         self.zero_shot = {name: (ds, list(names)) for name, (ds, names) in (zero_shot or {}).items()}
         self.retrieval = dict(retrieval or {})
+        self.retrieval_folds = {name: int((retrieval_folds or {}).get(name, 1)) for name in self.retrieval}
         self.zero_shot_templates = check_templates(zero_shot_templates)
         self.ut_templates = check_templates(ut_templates)
         self.encode_kwargs = {"batch_size": batch_size, "num_workers": num_workers, "autocast_dtype": autocast_dtype,
@@ -455,7 +495,7 @@ class Evaluator:
         """Evaluate `model` after `seen` learned sessions (0 = before training).
 
         Args:
-            model: the `CLIPModel` (possibly wrapped); its train/eval modes are restored afterwards.
+            model: the model (possibly wrapped); its train/eval modes are restored afterwards.
             seen (`int`): number of update-task sessions learned so far.
 
         Returns:
@@ -471,8 +511,8 @@ class Evaluator:
         zero_shot = {name: zero_shot_eval(model, self.tokenizer, ds, names, self.zero_shot_templates,
                                           desc=f"eval zero-shot {name}", **self.encode_kwargs)
                      for name, (ds, names) in self.zero_shot.items()}
-        retrieval = {name: retrieval_eval(model, self.tokenizer, ds, desc=f"eval retrieval {name}",
-                                          **self.encode_kwargs)
+        retrieval = {name: retrieval_eval(model, self.tokenizer, ds, folds=self.retrieval_folds[name],
+                                          desc=f"eval retrieval {name}", **self.encode_kwargs)
                      for name, ds in self.retrieval.items()}
         return {"seen": int(seen), "ut": ut, "zero_shot": zero_shot, "retrieval": retrieval,
                 "seconds": time.perf_counter() - start}

@@ -1,4 +1,8 @@
-"""Which `nn.Linear` layers of a CLIP model an adapter wraps: one selection rule shared by RKR and LoRA."""
+"""Which `nn.Linear` layers of a model an adapter wraps: one selection rule shared by RKR and LoRA.
+
+The towers' module names, their projections and the layers a wrapper could never act on come from the model's
+adapter (`clip_cl.adapters`).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ from collections.abc import Iterable, Sequence
 
 from torch import nn
 
-from ..variants import tower_of, trainable_towers
+from ..adapters import get_adapter
+from ..variants import trainable_towers
 
 __all__ = ["TOWERS", "PROJECTIONS", "towers_of_variant", "check_towers", "find_linear_targets"]
 
 TOWERS = ("image", "text")
-# The two projections into the joint space (bias-free `nn.Linear` in `transformers.CLIPModel`).
+#: The projections into the joint space of the first registered family (kept for existing imports); each model's
+#: own are `get_adapter(model).projections`.
 PROJECTIONS = ("visual_projection", "text_projection")
 
 
@@ -44,12 +50,15 @@ def find_linear_targets(
     include_projections: bool = True,
     skip: tuple[type, ...] = (),
 ) -> list[str]:
-    """Full names of the `nn.Linear` layers of a CLIP model that an adapter should wrap.
+    """Full names of the `nn.Linear` layers of a model that an adapter should wrap.
+
+    Layers the model never calls through their `forward` (SigLIP's attention-pooling `out_proj`, whose weight
+    `nn.MultiheadAttention` reads directly) are never selected: a wrapper there would not run.
 
     Args:
-        model (`nn.Module`): a `transformers.CLIPModel` (unwrapped).
-        towers (`Sequence[str]`, defaults to `("image", "text")`): which towers to search; `visual_projection`
-            belongs to the image tower and `text_projection` to the text tower.
+        model (`nn.Module`): a model of a supported family (unwrapped).
+        towers (`Sequence[str]`, defaults to `("image", "text")`): which towers to search; each projection belongs
+            to its tower (CLIP: `visual_projection` / `text_projection`; SigLIP: the towers' `head` modules).
         target_modules (`Sequence[str]`, *optional*): module names or dotted suffixes (e.g. `"q_proj"`,
             `"mlp.fc1"`, `"visual_projection"`); `None` or `["all-linear"]` selects every `nn.Linear` of the towers.
         include_projections (`bool`, defaults to `True`): with `target_modules=None`, whether the two projections
@@ -60,6 +69,7 @@ def find_linear_targets(
         `list[str]`: module names in `named_modules()` order; empty if nothing matched.
     """
     towers = check_towers(towers)
+    adapter = get_adapter(model)
     if target_modules is not None and list(target_modules) in (["all-linear"], ["all_linear"]):
         target_modules = None
     skipped: list[str] = []
@@ -70,10 +80,10 @@ def find_linear_targets(
             continue
         if not isinstance(module, nn.Linear) or any(name.startswith(s) for s in skipped):
             continue
-        if tower_of(name + ".") not in towers:
+        if adapter.tower_of(name + ".") not in towers or not adapter.can_wrap(name):
             continue
         if target_modules is None:
-            if not include_projections and name.rsplit(".", 1)[-1] in PROJECTIONS:
+            if not include_projections and adapter.is_projection(name):
                 continue
         elif not _matches(name, target_modules):
             continue

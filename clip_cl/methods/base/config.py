@@ -39,7 +39,8 @@ class CLIPCLConfig(TrainingArguments):
 
     Parameters that control the model:
         model_name_or_path (`str`, defaults to `"tiny-random"`):
-            Hub id or local folder of the starting CLIP model, or `"tiny-random"` for the test model.
+            Hub id or local folder of the starting model (CLIP, SigLIP or SigLIP 2; docs/models.md), or a tiny random
+            test model: `"tiny-random"` (CLIP), `"tiny-random-siglip"`, `"tiny-random-siglip2"`.
         local_files_only (`bool`, defaults to `False`):
             Never touch the network when loading the model.
         variant (`str`, defaults to `"WM"`):
@@ -54,6 +55,9 @@ class CLIPCLConfig(TrainingArguments):
             Number of MST sessions (default 5); must be 1 (or unset) for OST.
         class_order_seed (`int`, defaults to 0):
             Seed of the class order from which sessions are cut.
+        class_order (`str`, defaults to `"seeded"`):
+            `seeded`: the classes are shuffled with `class_order_seed` before being cut into sessions; `given`: they
+            keep the dataset's label order (COCO's category order in 8 sessions = the paper's phases).
         update_dataset (`dict`):
             The updated task: a dataset spec (`path`, optional `name`, `builder`, `image_column`, `label_column`,
             `class_names`, `max_samples`); see `docs/data.md`.
@@ -69,6 +73,9 @@ class CLIPCLConfig(TrainingArguments):
             Prompt templates of the class texts during training (paper: `"this is a photo of {} in the scene ."`).
         zero_shot_templates (`list[str]`):
             Prompt templates for zero-shot and UT-Acc evaluation (paper: `"this is a photo of {} ."`).
+        update_test_templates (`list[str]`, *optional*):
+            Prompt templates of UT-Acc only; `None` uses `zero_shot_templates`. The official code scores the update
+            task with its training prompt (`data.py: OST.get_ClsName`).
         eval_before_training (`bool`, defaults to `True`):
             Evaluate the starting model (the "before" row).
         max_eval_samples (`int`, *optional*):
@@ -92,7 +99,8 @@ class CLIPCLConfig(TrainingArguments):
 
     # ---- model
     model_name_or_path: str = field(default="tiny-random", metadata={
-        "help": "Hub id or local folder of the starting CLIP model, or 'tiny-random' for a small random test model."})
+        "help": "Hub id or local folder of the starting model (CLIP, SigLIP, SigLIP 2), or 'tiny-random' "
+                "('tiny-random-siglip', 'tiny-random-siglip2') for a small random test model."})
     local_files_only: bool = field(default=False, metadata={"help": "Never touch the network when loading the model."})
     variant: str = field(default="WM", metadata={
         "help": "Which part trains: WM (whole model), IO (image encoder only) or TO (text encoder only)."})
@@ -103,6 +111,9 @@ class CLIPCLConfig(TrainingArguments):
         "help": "'ost': one session on all update classes; 'mst': num_sessions sessions of disjoint class groups."})
     num_sessions: int | None = field(default=None, metadata={"help": "Number of MST sessions (default 5)."})
     class_order_seed: int = field(default=0, metadata={"help": "Seed of the class order sessions are cut from."})
+    class_order: str = field(default="seeded", metadata={
+        "help": "'seeded': classes shuffled with class_order_seed before the sessions are cut; 'given': the "
+                "dataset's label order (the paper's COCO phases)."})
     update_dataset: dict | str | None = field(default=None, metadata={
         "help": "Update-task dataset spec (JSON on the CLI): path, name, builder, image_column, label_column, "
                 "class_names, max_samples. See docs/data.md."})
@@ -118,6 +129,8 @@ class CLIPCLConfig(TrainingArguments):
         "help": "Prompt templates of class texts during training; '{}' is the class name."})
     zero_shot_templates: list[str] = field(default_factory=lambda: list(DEFAULT_ZERO_SHOT_TEMPLATES), metadata={
         "help": "Prompt templates for zero-shot and UT-Acc evaluation; several make an ensemble."})
+    update_test_templates: list[str] | None = field(default=None, metadata={
+        "help": "Prompt templates of UT-Acc only; None uses zero_shot_templates."})
     eval_before_training: bool = field(default=True, metadata={"help": "Evaluate the starting model first."})
     max_eval_samples: int | None = field(default=None, metadata={
         "help": "Cap every evaluation set at this many seeded samples (quick runs)."})
@@ -153,7 +166,7 @@ class CLIPCLConfig(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={
         "help": "Where to log: 'none', 'tensorboard', 'wandb', 'all'."})
     remove_unused_columns: bool = field(default=False, metadata={
-        "help": "Keep image columns (CLIPModel's forward signature does not list them)."})
+        "help": "Keep image columns (the models' forward signatures do not list them)."})
     output_dir: str | None = field(default="runs/clip-cl", metadata={"help": "Run folder."})
 
     optim: OptimizerNames | str = field(default="adamw_torch", metadata={
@@ -177,6 +190,10 @@ class CLIPCLConfig(TrainingArguments):
         self.variant = check_variant(self.variant)
         self.train_templates = check_templates(self.train_templates)
         self.zero_shot_templates = check_templates(self.zero_shot_templates)
+        if self.update_test_templates is not None:
+            self.update_test_templates = check_templates(self.update_test_templates)
+        if self.class_order not in ("seeded", "given"):
+            raise ValueError(f"class_order must be 'seeded' or 'given', got {self.class_order!r}.")
         self.update_dataset = maybe_json(self.update_dataset, "update_dataset")
         self.zero_shot_datasets = maybe_json(self.zero_shot_datasets, "zero_shot_datasets") or []
         self.retrieval_datasets = maybe_json(self.retrieval_datasets, "retrieval_datasets") or []

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from transformers import Trainer
 
+from ...adapters import get_adapter, tag_tokenizer
 from ...errors import NonFiniteLossError
-from ...features import concat_tokens, image_features, text_features, tokenize
+from ...features import concat_tokens, image_features, logit_bias, logit_scale, text_features, tokenize
 from ...io import atomic_write_json, read_json
 from ...prompts import class_text_features, format_prompts
 from ...variants import apply_variant
@@ -86,7 +87,10 @@ class StudentOutputs:
         class_embeds: `[C, D]` normalised (template-ensembled) class-prompt features.
         extra_embeds: `[M, D]` normalised features of the method's extra texts (e.g. VR-LwF pseudo-classes) or None.
         logit_scale: the student's `exp(logit_scale)` (a scalar tensor).
-        logits: `[B, C]` = logit_scale * image_embeds @ class_embeds.T.
+        logits: `[B, C]` = logit_scale * image_embeds @ class_embeds.T (no bias: a constant per row cancels in
+            every softmax over classes, the cross-entropy's and the distillation's).
+        logit_bias: the student's learned logit bias (sigmoid-trained families such as SigLIP), else None; only
+            pair losses in the family's own form (ZSCL's image-text term) use it.
     """
 
     image_embeds: torch.Tensor
@@ -94,6 +98,7 @@ class StudentOutputs:
     extra_embeds: torch.Tensor | None
     logit_scale: torch.Tensor
     logits: torch.Tensor
+    logit_bias: torch.Tensor | None = None
 
 
 class CLIPCLTrainer(Trainer):
@@ -101,13 +106,13 @@ class CLIPCLTrainer(Trainer):
     classes, plus whatever [`method_losses`] adds.
 
     Args:
-        model (`CLIPModel`): the model to train (the current student). It is modified in place.
+        model (`PreTrainedModel`): a model of a supported family (`clip_cl.adapters`), the model to train (the current student). It is modified in place.
         args ([`CLIPCLConfig`]): the run configuration (the method's config subclass).
         train_dataset: rows `{"pixel_values": Tensor[3,H,W], "labels": int}` (see `clip_cl.data.with_image_transform`).
-        processing_class: a `CLIPProcessor` or a CLIP tokenizer (only the tokenizer is used here).
+        processing_class: the model's processor or tokenizer (only the tokenizer is used here).
         class_names (`Sequence[str]`): the classes of this session's cross-entropy, in logit order.
         class_ids (`Sequence[int]`, *optional*): the dataset label of each class name (defaults to 0..C-1).
-        teacher_model (`CLIPModel`, *optional*): the teacher for distillation methods; by default a frozen copy of
+        teacher_model (`PreTrainedModel`, *optional*): the teacher for distillation methods; by default a frozen copy of
             `model` as it is when the trainer is created (the model after the previous session).
         **kwargs: passed to `transformers.Trainer` (e.g. `data_collator`, `callbacks`).
     """
@@ -142,7 +147,7 @@ class CLIPCLTrainer(Trainer):
         if not isinstance(args, CLIPCLConfig):
             raise TypeError(f"{type(self).__name__} needs a CLIPCLConfig (or a method config), got {type(args).__name__}.")
         if processing_class is None:
-            raise ValueError(f"{type(self).__name__} needs processing_class= a CLIPProcessor or CLIP tokenizer "
+            raise ValueError(f"{type(self).__name__} needs processing_class= the model's processor or tokenizer "
                              "(class prompts are tokenised with it).")
         if not class_names:
             raise ValueError("class_names is empty: a session needs at least one class to train on.")
@@ -155,6 +160,7 @@ class CLIPCLTrainer(Trainer):
         if len(self.class_ids) != len(self.class_names):
             raise ValueError(f"class_ids has {len(self.class_ids)} entries for {len(class_names)} class names.")
         self.clip_tokenizer = getattr(processing_class, "tokenizer", processing_class)
+        tag_tokenizer(self.clip_tokenizer, model)  # texts follow the model family's rules (padding, frame)
 
         # The teacher is the model as it is now (session start), before any step: copy before anything changes it.
         teacher = None
@@ -174,7 +180,7 @@ class CLIPCLTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          **kwargs)
 
-        # Our loss is a mean over the micro-batch, never normalised by `num_items_in_batch`. CLIPModel.forward takes
+        # Our loss is a mean over the micro-batch, never normalised by `num_items_in_batch`. The models' forward takes
         # **kwargs, which older transformers (< 5.24, no `loss_is_scaled_for_ga`) read as "the model scales the loss
         # for gradient accumulation" and then skip the division: say explicitly that it does not.
         self.model_accepts_loss_kwargs = False
@@ -236,8 +242,20 @@ class CLIPCLTrainer(Trainer):
                 return torch.float16
         return torch.float32
 
+    def _get_train_sampler(self, train_dataset=None):
+        # Rows built by `clip_cl.data.with_image_transform(train=True)` draw their crops and flips from keys that the
+        # epoch-aware sampler hands out (see clip_cl/data/transforms.py): augmentation then does not depend on the
+        # global RNG's history, so a run resumed mid-epoch trains on the same pixels as an uninterrupted one.
+        from ...data import KeyedTrainDataset
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if isinstance(dataset, KeyedTrainDataset):
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return dataset.epoch_sampler(seed)
+        return super()._get_train_sampler(train_dataset)
+
     def _set_signature_columns_if_needed(self):
-        # CLIPModel.forward does not list `pixel_values`/`labels` the way we use them: keep them explicitly.
+        # The models' forward does not list `pixel_values`/`labels` the way we use them: keep them explicitly.
         if self._signature_columns is None:
             self._signature_columns = ["pixel_values", "labels"]
 
@@ -273,7 +291,13 @@ class CLIPCLTrainer(Trainer):
         return teacher_call(image_features, self.teacher, pixel_values.to(dtype))
 
     def teacher_logit_scale(self) -> torch.Tensor:
-        return unwrap(self.teacher).logit_scale.detach().float().exp()
+        """The teacher's `exp(logit_scale)` (float32 constant)."""
+        return logit_scale(self.teacher).detach().float()
+
+    def teacher_logit_bias(self) -> torch.Tensor | None:
+        """The teacher's logit bias (float32 constant), or None for families without one."""
+        bias = logit_bias(self.teacher)
+        return bias.detach().float() if bias is not None else None
 
     def _templates_count(self) -> int:
         return len(self.args.train_templates)
@@ -303,15 +327,15 @@ class CLIPCLTrainer(Trainer):
         With `_recompute_extra_texts` (VR-LwF), the text tower's layers keep only their inputs for the backward and
         recompute the rest in it, layer by layer, in this call only (the transformer layers' own non-reentrant
         activation checkpointing, switched on around the call): the values are the same, the pseudo-texts' share of
-        the peak memory goes, one more forward of the layers is the price. An all-ones attention mask (VR-LwF's
-        pseudo-texts all have the same length) is dropped: the causal mask alone gives the same features, faster.
+        the peak memory goes, one more forward of the layers is the price. An all-ones attention mask (CLIP's
+        pseudo-texts all have one length) is dropped: it masks nothing, and the call is faster without it.
         """
         mask = extra.get("attention_mask")
         if mask is not None and bool(mask.all()):
             mask = None
         recompute = self._recompute_extra_texts and torch.is_grad_enabled() and model.training and not getattr(
             model, "is_activation_checkpointing", False)  # under the model's own checkpointing nothing is kept anyway
-        with _checkpointed_layers(unwrap(model).text_model if recompute else None):
+        with _checkpointed_layers(getattr(unwrap(model), "text_model", None) if recompute else None):
             return text_features(model, extra["input_ids"], mask)
 
     def student_forward(self, model, pixel_values: torch.Tensor) -> StudentOutputs:
@@ -331,7 +355,8 @@ class CLIPCLTrainer(Trainer):
         elif extra is not None:
             both = concat_tokens(tokens, extra, self.clip_tokenizer.pad_token_id)
             input_ids, attention_mask = both["input_ids"], both["attention_mask"]
-        out = model(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        # The family's image inputs (SigLIP 2: NaFlex patches and masks) for one call of the wrapper's forward.
+        out = model(**get_adapter(model).forward_inputs(model, pixel_values, input_ids, attention_mask))
         text = out.text_embeds
         class_embeds = text[:n_prompts]
         if extra is not None and extra_embeds is None:
@@ -339,11 +364,11 @@ class CLIPCLTrainer(Trainer):
         n_templates = self._templates_count()
         if n_templates > 1:
             class_embeds = F.normalize(class_embeds.view(len(self.class_names), n_templates, -1).mean(1), dim=-1)
-        scale = unwrap(model).logit_scale.exp()
+        scale = logit_scale(model)
         image_embeds = out.image_embeds
         logits = scale * image_embeds @ class_embeds.t()
         return StudentOutputs(image_embeds=image_embeds, class_embeds=class_embeds, extra_embeds=extra_embeds,
-                              logit_scale=scale, logits=logits)
+                              logit_scale=scale, logits=logits, logit_bias=logit_bias(model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         targets = self.map_labels(inputs["labels"])

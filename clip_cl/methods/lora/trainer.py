@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ...variants import tower_of
 from ...tuners.targets import find_linear_targets, towers_of_variant
 from ..base.trainer import PAPER, CLIPCLTrainer, unwrap
 from .config import LoRAConfig, require_peft
@@ -40,14 +41,14 @@ def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def inject_lora(model: nn.Module, towers: Sequence[str], target_modules: Sequence[str], r: int = 8,
                 alpha: float = 16, dropout: float = 0.0) -> list[str]:
-    """Add peft LoRA adapters to the selected linear layers of a CLIP model, in place.
+    """Add peft LoRA adapters to the selected linear layers of a model, in place.
 
     Uses `peft.inject_adapter_in_model`, so the model object stays the same (no `PeftModel` wrapper) and every
     parameter but the adapters' is frozen. The target list is resolved here to full module names restricted to
     `towers`, so a `q_proj` of a frozen tower is never adapted.
 
     Args:
-        model (`nn.Module`): a bare `transformers.CLIPModel`.
+        model (`nn.Module`): a bare model of a supported family (`clip_cl.adapters`).
         towers (`Sequence[str]`): `"image"` and/or `"text"`.
         target_modules (`Sequence[str]`): module names or dotted suffixes, or `["all-linear"]`.
         r (`int`): rank. alpha (`float`): scaling numerator. dropout (`float`): input dropout of the adapters.
@@ -94,7 +95,7 @@ class LoRATrainer(CLIPCLTrainer):
     The adapters (`lora_target_modules`, default q/k/v/out projections of the attention layers of the tower(s)
     `variant` trains) start with `B = 0`, so the session starts exactly at the model it was given; all original
     weights are frozen and the loss is plain cross-entropy. At the end of the session the adapters are merged into
-    the weights and removed (`W <- W + (alpha / r) B A`), so `trainer.model` is a plain `CLIPModel` that the runner
+    the weights and removed (`W <- W + (alpha / r) B A`), so `trainer.model` is a plain model (e.g. `CLIPModel`) that the runner
     saves as ordinary safetensors and the next session adapts afresh. Needs `pip install 'clip-cl[peft]'`.
 
     Example:
@@ -105,7 +106,7 @@ class LoRATrainer(CLIPCLTrainer):
     args = LoRAConfig(output_dir="runs/lora", num_train_epochs=1, per_device_train_batch_size=8)
     trainer = LoRATrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                           class_names=["T-shirt/top", "trouser"], class_ids=[0, 1])
-    trainer.train()  # trainer.model is a plain CLIPModel again, adapters merged
+    trainer.train()  # trainer.model is a plain model again, adapters merged
     ```
     """
 
@@ -125,15 +126,19 @@ class LoRATrainer(CLIPCLTrainer):
     def prepare_method(self, model) -> None:
         """Inject the adapters in place (peft freezes every other parameter)."""
         bare = unwrap(model)
-        logit_scale_on = bare.logit_scale.requires_grad  # set by apply_variant from train_logit_scale
+        # Parameters outside both towers (logit scale, SigLIP's bias) keep what apply_variant set from
+        # train_logit_scale; the injection below freezes them.
+        outside = {n: p.requires_grad for n, p in bare.named_parameters() if tower_of(n, bare) is None}
         self.lora_module_names = inject_lora(bare, towers_of_variant(self.args.variant), self.args.lora_target_modules,
                                              r=self.args.lora_r, alpha=self.args.lora_alpha,
                                              dropout=self.args.lora_dropout)
-        bare.logit_scale.requires_grad_(logit_scale_on)
+        for n, p in bare.named_parameters():
+            if n in outside:
+                p.requires_grad_(outside[n])
         n_train = sum(p.numel() for p in bare.parameters() if p.requires_grad)
         logger.info("LoRA: %d layers adapted (r=%d, alpha=%g), %d trainable parameters", len(self.lora_module_names),
                     self.args.lora_r, self.args.lora_alpha, n_train)
 
     def on_session_end(self) -> None:
-        """Merge the adapters into the weights and remove them: the model is a plain `CLIPModel` again."""
+        """Merge the adapters into the weights and remove them: the model is a plain model of its family again."""
         merge_and_unload_lora(unwrap(self.model), safe_merge=True)

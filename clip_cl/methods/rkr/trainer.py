@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ...variants import tower_of
 from ...tuners.rkr import inject_rkr, merge_rkr, rkr_layers
 from ..base.trainer import PAPER, CLIPCLTrainer, unwrap
 from .config import RKRConfig
@@ -32,7 +33,7 @@ class RKRTrainer(CLIPCLTrainer):
     `B A` of rank `rkr_rank` (zero at the start) and `s` (one at the start), so the session starts exactly at the
     model it was given; all original weights stay frozen and the loss is plain cross-entropy (no teacher). When the
     session ends the rectifiers are merged (`W <- s * (W + B A)`, `b <- s * b`) and removed, so `trainer.model` is a
-    plain `CLIPModel` again: the runner saves ordinary safetensors and the next session's trainer adds fresh
+    plain model again: the runner saves ordinary safetensors and the next session's trainer adds fresh
     rectifiers on top. Trainer checkpoints written *during* a session (for resuming) hold the base weights plus
     the rectifiers (`...base_layer.weight`, `...rkr_A`, ...); a resumed trainer re-injects before loading them.
 
@@ -44,7 +45,7 @@ class RKRTrainer(CLIPCLTrainer):
     args = RKRConfig(output_dir="runs/rkr", variant="IO", num_train_epochs=1, per_device_train_batch_size=8)
     trainer = RKRTrainer(model=model, args=args, train_dataset=train, processing_class=processor,
                          class_names=["T-shirt/top", "trouser"], class_ids=[0, 1])
-    trainer.train()  # trainer.model is a plain CLIPModel again, rectifiers merged
+    trainer.train()  # trainer.model is a plain model again, rectifiers merged
     ```
     """
 
@@ -64,15 +65,19 @@ class RKRTrainer(CLIPCLTrainer):
     def prepare_method(self, model) -> None:
         """Wrap the trainable tower(s)' linear layers in rectifiers (in place) and freeze everything else."""
         bare = unwrap(model)
-        logit_scale_on = bare.logit_scale.requires_grad  # set by apply_variant from train_logit_scale
+        # Parameters outside both towers (logit scale, SigLIP's bias) keep what apply_variant set from
+        # train_logit_scale; the injection below freezes them.
+        outside = {n: p.requires_grad for n, p in bare.named_parameters() if tower_of(n, bare) is None}
         self.rkr_module_names = inject_rkr(bare, self.args.tuner_config())
-        bare.logit_scale.requires_grad_(logit_scale_on)
+        for n, p in bare.named_parameters():
+            if n in outside:
+                p.requires_grad_(outside[n])
         n_train = sum(p.numel() for p in bare.parameters() if p.requires_grad)
         logger.info("RKR: %d layers rectified (rank %d), %d trainable parameters", len(self.rkr_module_names),
                     self.args.rkr_rank, n_train)
 
     def on_session_end(self) -> None:
-        """Merge the rectifiers into the weights and drop them: the model is a plain `CLIPModel` again."""
+        """Merge the rectifiers into the weights and drop them: the model is a plain model of its family again."""
         bare = unwrap(self.model)
         if rkr_layers(bare):
             merge_rkr(bare, unload=True, safe_merge=True)

@@ -8,10 +8,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ...features import text_features
-from ...losses import kd_kl_loss, sample_pseudo_tokens
+from ...adapters import get_adapter
+from ...features import concat_tokens, text_features
+from ...losses import kd_kl_loss, sample_pseudo_texts
 from ..base.trainer import PAPER, StudentOutputs, teacher_call, unwrap
-from ...features import concat_tokens
 from ..lwf.trainer import LwFTrainer
 
 __all__ = ["VRLwFTrainer"]
@@ -62,20 +62,16 @@ class VRLwFTrainer(LwFTrainer):
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          class_names=class_names, class_ids=class_ids, teacher_model=teacher_model,
                          distill_class_names=distill_class_names, **kwargs)
-        text_config = unwrap(self.model).config.text_config
-        tok = self.clip_tokenizer
-        if tok.bos_token_id is None or tok.eos_token_id is None:
-            raise ValueError("VR-LwF needs a tokenizer with start and end tokens (a CLIP tokenizer).")
-        max_len = getattr(text_config, "max_position_embeddings", 77)
-        if args.vr_pseudo_length + 2 > max_len:
-            raise ValueError(f"vr_pseudo_length + 2 = {args.vr_pseudo_length + 2} exceeds the text encoder's context "
-                             f"length {max_len}.")
-        self._vocab_size = int(text_config.vocab_size)
-        self._bos_id, self._eos_id = int(tok.bos_token_id), int(tok.eos_token_id)
-        # Never sample a special token of the tokenizer or of the model config.
-        self._special_ids = sorted({i for i in (text_config.bos_token_id, text_config.eos_token_id,
-                                                text_config.pad_token_id, tok.pad_token_id, *tok.all_special_ids)
-                                    if i is not None})
+        # The family's text rules (start / end tokens, sampleable ids without special, padding and unused ids,
+        # padding to a fixed length for SigLIP) come from the model's adapter.
+        bare = unwrap(self.model)
+        self._pseudo_rules = get_adapter(bare).pseudo_text_rules(self.clip_tokenizer, bare)
+        rules = self._pseudo_rules
+        framed = len(rules.prefix) + args.vr_pseudo_length + len(rules.suffix)
+        max_len = get_adapter(bare).text_length(self.clip_tokenizer, bare)
+        if framed > max_len:
+            raise ValueError(f"vr_pseudo_length + {len(rules.prefix) + len(rules.suffix)} = {framed} exceeds the text "
+                             f"encoder's context length {max_len}.")
         self._vr_seed = args.seed if args.vr_seed is None else args.vr_seed
         self._draw_step: int | None = None
         self._draw_micro = 0
@@ -98,9 +94,11 @@ class VRLwFTrainer(LwFTrainer):
         return torch.Generator().manual_seed(seed)
 
     def sample_pseudo_tokens(self, num: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """`num` pseudo-class token sequences `[bos, w_1..w_L, eos]` on CPU ([`clip_cl.losses.sample_pseudo_tokens`])."""
-        return sample_pseudo_tokens(num, self.args.vr_pseudo_length, self._vocab_size, self._bos_id, self._eos_id,
-                                    exclude_ids=self._special_ids, generator=generator)
+        """`num` pseudo-class token sequences on CPU, framed and padded by the family's rules (CLIP:
+        `[bos, w_1..w_L, eos]`; SigLIP: `[w_1..w_L, </s>]` padded to 64) ([`clip_cl.losses.sample_pseudo_texts`])."""
+        rules = self._pseudo_rules
+        return sample_pseudo_texts(num, self.args.vr_pseudo_length, rules.allowed, rules.prefix, rules.suffix,
+                                   rules.pad_id, rules.length, rules.padding_side, generator=generator)
 
     @torch.no_grad()
     def _build_pool(self, size: int) -> None:
@@ -152,8 +150,10 @@ class VRLwFTrainer(LwFTrainer):
         mode), or a look-up in the pool's cached features."""
         if self._step_pool_index is not None:
             return self._pool_teacher[self._step_pool_index]
-        # Every pseudo-text has the same length (no padding): the causal mask alone is exact, and faster than a mask.
-        return teacher_call(text_features, self.teacher, self._step_pseudo["input_ids"], None)
+        mask = self._step_pseudo.get("attention_mask")
+        if mask is not None and mask.device.type == "cpu" and bool(mask.all()):
+            mask = None  # no padding (CLIP's pseudo-texts all have one length): the same features, faster without
+        return teacher_call(text_features, self.teacher, self._step_pseudo["input_ids"], mask)
 
     # ------------------------------------------------------------------ the loss
     def method_losses(self, model, inputs: dict, outputs: StudentOutputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:

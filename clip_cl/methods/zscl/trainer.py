@@ -10,6 +10,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from ...adapters import get_adapter
 from ...features import encode_texts, tokenize
 from ...losses import kd_kl_loss
 from ...merging import assign_parameters, running_average_update, trainable_state
@@ -127,9 +128,9 @@ def _collate_reference(rows: Sequence[Any]) -> torch.Tensor:
 
 def _load_initial_model(args, student) -> torch.nn.Module:
     """The zero-shot model ZSCL distils from: `model_name_or_path`, checked against the student's architecture."""
-    from ...models import load_clip
+    from ...models import load_model
 
-    teacher, _ = load_clip(args.model_name_or_path, local_files_only=args.local_files_only)
+    teacher, _ = load_model(args.model_name_or_path, local_files_only=args.local_files_only)
     mine = {k: tuple(v.shape) for k, v in unwrap(student).state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
     if mine != theirs:
@@ -249,7 +250,7 @@ class ZSCLTrainer(CLIPCLTrainer):
         out = super().student_forward(model, pixels)
         return ZSCLStudentOutputs(
             image_embeds=out.image_embeds[:n], class_embeds=out.class_embeds, extra_embeds=out.extra_embeds,
-            logit_scale=out.logit_scale, logits=out.logits[:n],
+            logit_scale=out.logit_scale, logits=out.logits[:n], logit_bias=out.logit_bias,
             reference_image_embeds=out.image_embeds[n:] if reference is not None else out.image_embeds,
             reference_pixel_values=reference if reference is not None else pixel_values)
 
@@ -265,14 +266,20 @@ class ZSCLTrainer(CLIPCLTrainer):
                 student_text = outputs.extra_embeds.float()
             else:
                 student_text = teacher_text
-            student_logits = outputs.logit_scale.float() * outputs.reference_image_embeds.float() @ student_text.t()
-            teacher_logits = self.teacher_logit_scale() * teacher_image @ teacher_text.t()
+            # The image-text term in the family's own form (adapter): CLIP's softmax over texts (image term) and
+            # over images (text term); SigLIP's per-pair sigmoid, which needs the logit bias.
+            adapter = get_adapter(model)
+            student_bias = outputs.logit_bias.float() if outputs.logit_bias is not None else None
+            student_logits = adapter.pair_logits(outputs.reference_image_embeds.float(), student_text,
+                                                 outputs.logit_scale.float(), student_bias)
+            teacher_logits = adapter.pair_logits(teacher_image, teacher_text, self.teacher_logit_scale(),
+                                                 self.teacher_logit_bias())
             if args.zscl_image_loss_weight:
-                terms["zscl_image"] = args.zscl_image_loss_weight * kd_kl_loss(
-                    student_logits, teacher_logits, args.zscl_temperature)
+                terms["zscl_image"] = args.zscl_image_loss_weight * adapter.pair_distillation_loss(
+                    student_logits, teacher_logits, args.zscl_temperature, over="texts")
             if args.zscl_text_loss_weight:
-                terms["zscl_text"] = args.zscl_text_loss_weight * kd_kl_loss(
-                    student_logits.t(), teacher_logits.t(), args.zscl_temperature)
+                terms["zscl_text"] = args.zscl_text_loss_weight * adapter.pair_distillation_loss(
+                    student_logits, teacher_logits, args.zscl_temperature, over="images")
         if args.zscl_l2_weight:
             params = {n: p for n, p in unwrap(model).named_parameters() if p.requires_grad}
             terms["l2"] = args.zscl_l2_weight * l2_to_reference(params, self.l2_reference())
@@ -324,7 +331,7 @@ class ZSCLTrainer(CLIPCLTrainer):
 
         image_processor = getattr(self.processing_class, "image_processor", None)
         if image_processor is None:
-            raise ValueError("zscl_reference_dataset needs processing_class= a CLIPProcessor (its image processor "
+            raise ValueError("zscl_reference_dataset needs processing_class= the model's processor (its image processor "
                              "transforms the reference images).")
         spec = DatasetSpec.from_dict(spec_dict)
         raw = load_spec(spec)

@@ -30,7 +30,7 @@ def inject_rkr(model: nn.Module, config: RKRTunerConfig | None = None, freeze_ba
     are replaced inside their parents.
 
     Args:
-        model (`nn.Module`): a bare `transformers.CLIPModel` (not DDP-wrapped).
+        model (`nn.Module`): a bare model of a supported family (not DDP-wrapped).
         config ([`RKRTunerConfig`], *optional*): where the rectifiers go; defaults to every `nn.Linear` of both
             towers, rank 4.
         freeze_base (`bool`, defaults to `True`): set `requires_grad=False` on every parameter of the model that is
@@ -46,7 +46,7 @@ def inject_rkr(model: nn.Module, config: RKRTunerConfig | None = None, freeze_ba
     names = find_linear_targets(model, config.towers, config.target_modules, config.include_projections)
     if not names:
         raise ValueError(f"No nn.Linear matched the RKR config (towers={config.towers}, target_modules="
-                         f"{config.target_modules}) in {type(model).__name__}; is it a CLIPModel?")
+                         f"{config.target_modules}) in {type(model).__name__}; is it a supported model (clip_cl.adapters)?")
     too_small = [n for n in names if config.r > min(model.get_submodule(n).in_features,
                                                    model.get_submodule(n).out_features)]
     if too_small:
@@ -66,7 +66,7 @@ def merge_rkr(model: nn.Module, unload: bool = True, safe_merge: bool = True) ->
     Args:
         model (`nn.Module`): a model with [`RKRLinear`] layers.
         unload (`bool`, defaults to `True`): replace each `RKRLinear` by its (merged) plain `nn.Linear`, so the model
-            is an ordinary `CLIPModel` again with its original state-dict keys; `False` keeps the wrappers in their
+            is an ordinary model of its family again with its original state-dict keys; `False` keeps the wrappers in their
             merged state (see [`unmerge_rkr`]).
         safe_merge (`bool`, defaults to `True`): refuse to write non-finite weights.
 
