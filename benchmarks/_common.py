@@ -200,11 +200,11 @@ def method_specs() -> dict[str, tuple[Any, Any, dict[str, Any]]]:
         "wise_ft": (WiSEFTConfig, WiSEFTTrainer, {}),
         "rkr": (RKRConfig, RKRTrainer, {}),
     }
-    # VR-LwF's student text path as it was (one padded call) and without recomputation (see benchmarks/naive.py).
-    from naive import VRLwFKeepTrainer, VRLwFOneCallTrainer
+    # VR-LwF's student text path as it was (one padded call), and with the pseudo-texts' layers recomputed.
+    from naive import VRLwFOneCallTrainer
 
     specs["vr_lwf_one_call"] = (VRLwFConfig, VRLwFOneCallTrainer, {})
-    specs["vr_lwf_keep"] = (VRLwFConfig, VRLwFKeepTrainer, {})
+    specs["vr_lwf_recompute"] = (VRLwFConfig, VRLwFTrainer, {"vr_recompute_pseudo_texts": True})
     try:
         from clip_cl.methods.lora import LoRAConfig, LoRATrainer
         from clip_cl.methods.lora.config import require_peft
@@ -218,7 +218,7 @@ def method_specs() -> dict[str, tuple[Any, Any, dict[str, Any]]]:
 
 # Methods that change the model's modules (adapters): they get their own copy of the model.
 OWN_MODEL = {"rkr", "lora", "ft_fused_adamw"}
-TEACHER_METHODS = {"lwf", "vr_lwf", "vr_lwf_pool", "vr_lwf_one_call", "vr_lwf_keep", "geodl", "geodl_host", "zscl", "zscl_no_l2", "naive_lwf",
+TEACHER_METHODS = {"lwf", "vr_lwf", "vr_lwf_pool", "vr_lwf_one_call", "vr_lwf_recompute", "geodl", "geodl_host", "zscl", "zscl_no_l2", "naive_lwf",
                    "naive_vr_lwf"}
 
 

@@ -5,9 +5,8 @@
   instead of caching them, and VR-LwF's pseudo-texts go through the student's text encoder in a call of their own
   (two student text calls per step) and through the teacher's text encoder every step. The losses are the same as
   clip-cl's, so only the cost differs.
-- `VRLwFOneCallTrainer`, `VRLwFKeepTrainer`: clip-cl's VR-LwF with the pseudo-texts in the class prompts' padded
-  student call (what it did on every device before it used two calls on the CPU), and with two calls that keep the
-  pseudo-texts' activations instead of recomputing them in the backward: the two choices measured side by side.
+- `VRLwFOneCallTrainer`: clip-cl's VR-LwF with the pseudo-texts in the class prompts' padded student call (what it
+  did on every device before it gave them a call of their own on the CPU), measured side by side with today's.
 - `FloorPseudoTrainer`: FT plus what VR-LwF cannot avoid on the student side: the `M` pseudo-texts in the student's
   text-encoder call, and a KL on the image-to-pseudo-text logits against constant targets (forward and backward
   through them). Its step plus the teacher's image forward is VR-LwF's floor.
@@ -78,16 +77,9 @@ class VRLwFOneCallTrainer(VRLwFTrainer):
         return False
 
 
-class VRLwFKeepTrainer(VRLwFTrainer):
-    _recompute_extra_texts = False
-
-
 class FloorPseudoTrainer(CLIPFineTuneTrainer):
     """FT + the student's forward and backward over `num_pseudo` fixed pseudo-texts (see the module docstring)."""
 
-    # The student's pseudo-text pass as VR-LwF runs it (where it gets a call of its own, its layers are recomputed
-    # in the backward), so that the floor holds the same work.
-    _recompute_extra_texts = VRLwFTrainer._recompute_extra_texts
 
     def __init__(self, *args, num_pseudo: int = 100, pseudo_length: int = 8, **kwargs):
         super().__init__(*args, **kwargs)

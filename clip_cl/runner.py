@@ -52,7 +52,7 @@ _NON_RESULT_FIELDS = {
     "dataloader_persistent_workers", "save_strategy", "save_steps", "save_total_limit", "local_rank", "log_level",
     "log_level_replica", "project", "trackio_space_id", "per_device_eval_batch_size", "resume_from_checkpoint",
     "ddp_timeout", "ddp_backend", "skip_memory_metrics", "log_on_each_node", "do_train", "do_eval", "do_predict",
-    "torch_compile", "torch_compile_backend", "torch_compile_mode",
+    "torch_compile", "torch_compile_backend", "torch_compile_mode", "vr_recompute_pseudo_texts",
 }
 
 

@@ -190,7 +190,7 @@ def test_encoder_calls_per_step(tmp_path, tiny, random_images, monkeypatch, sepa
     model, _ = tiny
     trainer = make_trainer(tmp_path, tiny, random_images, per_device_train_batch_size=2,
                            gradient_accumulation_steps=2, max_steps=2, protocol="mst", num_sessions=2,
-                           distill_class_names=["a", "b", "old"])
+                           distill_class_names=["a", "b", "old"], vr_recompute_pseudo_texts=True)
     monkeypatch.setattr(trainer, "separate_extra_text_call", lambda model, extra: separate)
     student, checkpointed, teacher = [], [], []
     model.text_model.register_forward_hook(lambda *a: student.append(1))
@@ -231,8 +231,10 @@ def test_text_call_choices_give_the_same_loss(tmp_path, tiny, random_images, mon
     model, _ = tiny
     teacher, _ = tiny_clip(seed=1)
     trainer = make_trainer(tmp_path, tiny, random_images, teacher_model=teacher, protocol=protocol,
+                           vr_recompute_pseudo_texts=True,
                            **({"num_sessions": 2, "distill_class_names": ["a", "b", "old"]} if protocol == "mst"
                               else {}))
+    assert trainer._recompute_extra_texts and not make_trainer(tmp_path, tiny, random_images)._recompute_extra_texts
     batch = batch_of(trainer.train_dataset, 4)
     monkeypatch.setattr(trainer, "separate_extra_text_call", lambda model, extra: True)
     recomputed = _step_loss_and_grads(trainer, model, batch)

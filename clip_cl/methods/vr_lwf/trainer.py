@@ -52,9 +52,6 @@ class VRLwFTrainer(LwFTrainer):
     _method = "vr_lwf"
     _tag_names: ClassVar[list[str]] = ["clip-cl", "continual-learning", "clip", "vr-lwf", "distillation"]
     _paper: ClassVar[dict] = PAPER
-    # Where the pseudo-texts get a student call of their own (CPU), their activations are recomputed in the backward
-    # instead of kept: they were the largest part of VR-LwF's peak memory (docs/performance.md).
-    _recompute_extra_texts: ClassVar[bool] = True
 
     def __init__(self, model, args, train_dataset=None, processing_class=None,
                  class_names: Sequence[str] | None = None, class_ids: Sequence[int] | None = None,
@@ -73,6 +70,8 @@ class VRLwFTrainer(LwFTrainer):
             raise ValueError(f"vr_pseudo_length + {len(rules.prefix) + len(rules.suffix)} = {framed} exceeds the text "
                              f"encoder's context length {max_len}.")
         self._vr_seed = args.seed if args.vr_seed is None else args.vr_seed
+        # Memory for time on the pseudo-texts' own student call (see `CLIPCLTrainer.extra_text_features`).
+        self._recompute_extra_texts = bool(args.vr_recompute_pseudo_texts)
         self._draw_step: int | None = None
         self._draw_micro = 0
         self._step_pseudo: dict[str, torch.Tensor] | None = None
