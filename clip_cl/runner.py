@@ -166,15 +166,17 @@ def _build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[st
     test_name = f"{protocol.update_test.name}/{protocol.update_test.split}"
     update = (
         with_image_transform(_checked(protocol.update_test_dataset(), test_name, config, skipped), ip, train=False,
-                             label_column="label", dataset_name=test_name),
+                             label_column="label", dataset_name=test_name, cache_dir=config.image_cache_dir),
         protocol.class_names,
         protocol.sessions,
     )
     zero_shot = {name: (with_image_transform(_checked(ds, name, config, skipped), ip, train=False,
-                                             label_column="label", dataset_name=name), names)
+                                             label_column="label", dataset_name=name,
+                                             cache_dir=config.image_cache_dir), names)
                  for name, (ds, names) in protocol.zero_shot_datasets().items()}
     retrieval = {name: with_image_transform(_checked(ds, name, config, skipped), ip, train=False,
-                                            captions_column="captions", dataset_name=name)
+                                            captions_column="captions", dataset_name=name,
+                                            cache_dir=config.image_cache_dir)
                  for name, ds in protocol.retrieval_datasets().items()}
     autocast = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
     return Evaluator(
@@ -188,6 +190,7 @@ def _build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[st
         batch_size=config.per_device_eval_batch_size,
         num_workers=config.dataloader_num_workers,
         autocast_dtype=autocast,
+        image_processor=ip,
     )
 
 
@@ -418,7 +421,8 @@ def run_protocol(config: CLIPCLConfig) -> dict:
                 train_name = f"{protocol.update_train.name}/{protocol.update_train.split}"
                 raw = _checked(raw, train_name, config, skipped)
                 train_ds = with_image_transform(raw, processor.image_processor, train=True, label_column="label",
-                                                dataset_name=train_name, seed=args.seed)
+                                                dataset_name=train_name, seed=args.seed,
+                                                cache_dir=config.image_cache_dir)
             names = [protocol.class_names[i] for i in ids]
             set_seed(args.seed)
             extra_kwargs = {}

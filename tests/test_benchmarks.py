@@ -82,3 +82,15 @@ def test_bench_text_call_and_right_padding_never_reaches_the_pooled_feature():
     assert res["shapes"]["one_call"][0] == res["shapes"]["prompts"][0] + 8
     assert res["max_abs_diff_no_mask"] < 1e-6  # CLIP's text tower is causal and pools at the first end-of-text
     assert res["one_over_two"] > 0 and res["no_mask_over_two"] > 0
+
+
+def test_bench_loader_runs_old_new_and_cached_paths():
+    import bench_loader
+
+    res = bench_loader.bench(num_images=6, rounds=1, batch_size=3, crop=32, log=lambda *a: None)
+    rows = res["rows"]
+    assert {"old", "new", "cached"} <= set(rows) and rows["old"]["vs_old"] == pytest.approx(1.0)
+    # float32 before, uint8 after: exactly 4x fewer bytes per image through collation
+    assert rows["old"]["bytes_per_image"] == 4 * rows["new"]["bytes_per_image"] == 4 * 3 * 32 * 32
+    assert rows["cached"]["bytes_per_image"] == rows["new"]["bytes_per_image"]
+    assert "| cached |" in bench_loader.table(res)

@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from clip_cl.data import (
     CorruptImageError,
@@ -19,16 +19,16 @@ from clip_cl.data import (
     class_names_of,
     collate_classification,
     collate_retrieval,
+    decode_rgb,
     infer_builder,
     load_spec,
+    normalize_pixels,
     verify_images,
     with_image_transform,
 )
 
-try:
-    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-except ImportError:  # pragma: no cover - older transformers
-    from transformers import CLIPImageProcessor
+from torchvision.transforms.v2 import functional as tvF
+from transformers import CLIPImageProcessor
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -225,44 +225,115 @@ def test_class_names_validation():
 def test_transform_shapes_from_processor(size, train):
     processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     transform = build_image_transform(processor, train=train)
-    for shape in [(50, 70, 3), (90, 40, 3), (28, 28)]:
-        image = Image.fromarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
-        out = transform(image)
-        assert out.shape == (3, size, size) and out.dtype == torch.float32
+    for shape in [(20, 30, 3), (300, 200, 3), (size, size, 3)]:
+        image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)).permute(2, 0, 1)
+        out = transform(image, torch.Generator().manual_seed(0)) if train else transform(image)
+        assert out.shape == (3, size, size) and out.dtype == torch.uint8
     if train:
         assert transform.resize == round(size * 256 / 224)
 
 
-def test_eval_transform_matches_clip_processor(tiny_processor):
-    transform = build_image_transform(tiny_processor, train=False)
-    for shape in [(50, 70, 3), (90, 40, 3)]:
-        image = Image.fromarray(np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8))
-        reference = tiny_processor(images=image, return_tensors="pt")["pixel_values"][0]
-        torch.testing.assert_close(transform(image), reference, atol=1e-5, rtol=0)
+def _processor_pixels(processor, image: Image.Image) -> torch.Tensor:
+    return processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
-def test_train_transform_is_random_but_seeded(tiny_processor):
-    transform = build_image_transform(tiny_processor, train=True)
-    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (60, 80, 3), dtype=np.uint8))
-    torch.manual_seed(0)
-    a = [transform(image) for _ in range(4)]
-    torch.manual_seed(0)
-    b = [transform(image) for _ in range(4)]
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert any(not torch.equal(a[0], x) for x in a[1:])  # crops/flips differ between draws
-    evaluation = build_image_transform(tiny_processor, train=False)
+# Odd sizes and aspect ratios, both orientations, sides that round differently when scaled, and already-small images.
+ODD_SHAPES = [(50, 70), (90, 40), (33, 33), (31, 200), (201, 29), (37, 38), (300, 451), (17, 23)]
+
+
+@pytest.mark.parametrize("size,shapes", [(32, ODD_SHAPES), (224, [(375, 500), (333, 517), (500, 281), (225, 224)])])
+def test_eval_pixels_equal_clip_image_processor(size, shapes):
+    # The reference users compare with: transformers 5's CLIPImageProcessor (torchvision back-end), given PIL images.
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    transform = build_image_transform(processor, train=False)
+    rng = np.random.default_rng(1)
+    for h, w in shapes:
+        for mode in ("RGB", "L"):
+            array = rng.integers(0, 256, (h, w, 3) if mode == "RGB" else (h, w), dtype=np.uint8)
+            image = Image.fromarray(array, mode=mode)
+            ours = normalize_pixels(transform(decode_rgb({"bytes": _png(array), "path": None}))[None], processor)[0]
+            assert torch.equal(ours, _processor_pixels(processor, image)), (h, w, mode)
+
+
+def test_eval_pixels_against_the_pil_processor_within_tolerance():
+    # The PIL back-end (CLIPImageProcessorPil, what transformers serves without torchvision) resizes with PIL's
+    # bicubic kernel (a = -0.5) where torchvision's antialiased tensor bicubic uses a = -0.75; sizes and crop offsets
+    # are the same. Stated tolerance, in 1/255 steps before normalisation: mean |difference| <= 0.5 and max <= 16
+    # (measured on uniform noise, the worst case for a kernel difference: max 16 at 90x40 -> 32 px, else <= 2).
+    pil_cls = getattr(__import__("transformers"), "CLIPImageProcessorPil", None)
+    if pil_cls is None:
+        pytest.skip("this transformers has no PIL back-end class")
+    processor = pil_cls(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    transform = build_image_transform(processor, train=False)
+    std = torch.tensor(processor.image_std).view(3, 1, 1)
+    rng = np.random.default_rng(2)
+    for h, w in ODD_SHAPES:
+        array = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ours = normalize_pixels(transform(decode_rgb({"bytes": _png(array), "path": None}))[None], processor)[0]
+        steps = ((ours - _processor_pixels(processor, Image.fromarray(array))) * std).abs() * 255
+        assert steps.mean() <= 0.5 and steps.max() <= 16 + 1e-3, (h, w, steps.mean(), steps.max())
+
+
+def test_train_transform_has_the_paper_geometry():
+    # Resize the shortest edge to round(crop * 256 / 224), RandomCrop(crop), RandomHorizontalFlip: every output is a
+    # window of the resized image (flipped or not), windows cover the whole range, and about half are flipped.
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    transform = build_image_transform(processor, train=True)
+    assert transform.resize == 37 and transform.crop_size == (32, 32)
+    image = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)).permute(2, 0, 1)
+    assert transform.output_size(50, 70) == (37, 51) and transform.output_size(70, 50) == (51, 37)
+    resized = tvF.resize(image, [37, 51], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    windows = {(t, l, f): (resized[:, t:t + 32, l:l + 32].flip(-1) if f else resized[:, t:t + 32, l:l + 32])
+               for t in range(6) for l in range(20) for f in (False, True)}
+    seen = []
+    for key in range(200):
+        out = transform(image, torch.Generator().manual_seed(key))
+        match = [k for k, v in windows.items() if torch.equal(out, v)]
+        assert match, key
+        seen.append(match[0])
+    assert {t for t, _, _ in seen} == set(range(6)) and {l for _, l, _ in seen} == set(range(20))
+    assert 70 <= sum(f for _, _, f in seen) <= 130
+    # the same generator state draws the same crop; the evaluation transform is deterministic
+    assert torch.equal(transform(image, torch.Generator().manual_seed(5)), transform(image, torch.Generator().manual_seed(5)))
+    evaluation = build_image_transform(processor, train=False)
     assert torch.equal(evaluation(image), evaluation(image))
 
 
-def test_grayscale_becomes_rgb(tiny_processor):
-    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (28, 28), dtype=np.uint8), mode="L")
-    out = build_image_transform(tiny_processor, train=False)(image)
+def test_decode_applies_exif_orientation_and_reads_other_formats():
+    array = np.random.default_rng(4).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    image = Image.fromarray(array)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", exif=exif, quality=95)
+    decoded = decode_rgb({"bytes": buf.getvalue(), "path": None})
+    assert decoded.shape == (3, 30, 20) and decoded.dtype == torch.uint8
+    reference = tvF.pil_to_tensor(ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue()))).convert("RGB"))
+    assert (decoded.int() - reference.int()).abs().max() <= 1  # libjpeg-turbo in both; at most an IDCT rounding
+    buf = io.BytesIO()
+    image.save(buf, format="BMP")  # not a torchvision format: read by PIL
+    assert torch.equal(decode_rgb({"bytes": buf.getvalue(), "path": None}), torch.from_numpy(array).permute(2, 0, 1))
+    with pytest.raises(Exception):
+        decode_rgb({"bytes": b"definitely not an image", "path": None})
+
+
+def test_normalize_pixels_on_device_and_float_passthrough(tiny_processor):
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    out = normalize_pixels(pixels, tiny_processor)
     mean = torch.tensor(tiny_processor.image_mean).view(3, 1, 1)
     std = torch.tensor(tiny_processor.image_std).view(3, 1, 1)
-    pixels = out * std + mean
-    assert out.shape == (3, 32, 32)
-    torch.testing.assert_close(pixels[0], pixels[1], atol=1e-5, rtol=0)
-    torch.testing.assert_close(pixels[1], pixels[2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, (pixels.float() / 255 - mean) / std, atol=1e-5, rtol=0)
+    assert normalize_pixels(out, tiny_processor) is out
+    assert normalize_pixels(pixels, tiny_processor, dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="image processor"):
+        normalize_pixels(pixels)
+
+
+def test_grayscale_becomes_rgb(tiny_processor):
+    array = np.random.default_rng(3).integers(0, 256, (28, 28), dtype=np.uint8)
+    out = build_image_transform(tiny_processor, train=False)(decode_rgb({"bytes": _png(array), "path": None}))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
 
 
 def test_with_image_transform_classification_and_collate(tiny_processor):
@@ -351,3 +422,29 @@ def test_keyed_augmentation_ignores_global_rng_and_workers(tiny_processor):
     assert not torch.equal(_epoch_pixels(other, epoch=1), reference)
     # a key is epoch * rows + row: the same row in the same epoch is always the same pixels
     assert torch.equal(dataset[12 + 5]["pixel_values"], dataset.__getitems__([3, 12 + 5])[1]["pixel_values"])
+
+
+def test_image_cache_gives_identical_rows_and_is_shared_by_selections(tmp_path, tiny_processor):
+    toy = _toy(12)
+    cache_dir = tmp_path / "cache"
+    for train in (True, False):
+        plain = with_image_transform(toy, tiny_processor, train=train, label_column="label", seed=4)
+        cached = with_image_transform(toy, tiny_processor, train=train, label_column="label", seed=4,
+                                      cache_dir=cache_dir)
+        keys = [0, 5, 11] + ([12 + 3, 24 + 7] if train else [])
+        for a, b in zip(plain.__getitems__(keys), cached.__getitems__(keys)):
+            assert torch.equal(a["pixel_values"], b["pixel_values"]) and a["labels"] == b["labels"]
+    assert len(list(cache_dir.glob("*.u8"))) == 2  # one per transform geometry
+    # a session's selection of the same table reuses the file, and maps its rows onto it
+    part = toy.select([7, 2, 9])
+    before = sorted(p.stat().st_mtime_ns for p in cache_dir.iterdir())
+    cached = with_image_transform(part, tiny_processor, train=False, label_column="label", cache_dir=cache_dir)
+    assert sorted(p.stat().st_mtime_ns for p in cache_dir.iterdir()) == before
+    plain = with_image_transform(part, tiny_processor, train=False, label_column="label")
+    assert all(torch.equal(cached[i]["pixel_values"], plain[i]["pixel_values"]) for i in range(3))
+    # other pixels, other checksum: a new file
+    with_image_transform(_toy(12, gray=True), tiny_processor, train=False, label_column="label", cache_dir=cache_dir)
+    assert len(list(cache_dir.glob("*.u8"))) == 3
+    # workers reopen the memory map from the pickled paths
+    clone = pickle.loads(pickle.dumps(cached))
+    assert torch.equal(clone[1]["pixel_values"], plain[1]["pixel_values"])

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from clip_cl.adapters import ADAPTERS, get_adapter, naflex_inputs, size_for_patch_budget
 from clip_cl.cli import train_main
-from clip_cl.data import build_image_transform
+from clip_cl.data import build_image_transform, normalize_pixels
 from clip_cl.features import image_features, text_features, tokenize
 from clip_cl.losses import sample_pseudo_texts, sigmoid_kd_loss
 from clip_cl.methods import list_methods
@@ -46,7 +46,8 @@ def test_adapter_features_equal_the_models_own(name):
         own_txt = model.get_text_features(input_ids=own_text["input_ids"],
                                           attention_mask=own_text.get("attention_mask")).pooler_output
         # clip-cl's path: its evaluation transform, then the adapter.
-        pixels = build_image_transform(processor.image_processor, train=False)(image)[None]
+        pixels = normalize_pixels(build_image_transform(processor.image_processor, train=False)(image)[None],
+                                  processor.image_processor)
         ours_image = image_features(model, pixels, normalize=False)
         ours_txt = text_features(model, **tokenize(processor.tokenizer, TEXTS), normalize=False)
     torch.testing.assert_close(ours_image, own_image, atol=1e-5, rtol=1e-4)
@@ -212,7 +213,8 @@ def test_exported_siglip_run_gives_its_own_zero_shot_accuracy_in_the_transformer
     model, processor = load_model(out / "model")
     transform = build_image_transform(processor.image_processor, train=False)
     with torch.no_grad():
-        feats = image_features(model, torch.stack([transform(row["image"].convert("RGB")) for row in ds]))
+        pixels = torch.stack([transform(row["image"].convert("RGB")) for row in ds])
+        feats = image_features(model, normalize_pixels(pixels, processor.image_processor))
         text = class_text_features(model, processor.tokenizer, names, [template])
     ours = [names[i] for i in (feats @ text.t()).argmax(-1).tolist()]
     assert ours == [p[0]["label"] for p in preds]

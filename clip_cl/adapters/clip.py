@@ -17,10 +17,9 @@ from .base import ModelAdapter
 
 __all__ = ["CLIPAdapter", "TINY_CLIP_CONFIG", "TOKENIZER_DIR", "clip_tokenizer", "tiny_clip"]
 
-try:  # without torchvision, transformers 5 serves the PIL back-end; ask for it directly to avoid a warning
-    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-except ImportError:  # pragma: no cover - older transformers
-    from transformers import CLIPImageProcessor
+# transformers 5's default CLIP image processor is the torchvision back-end (torchvision is a dependency): the one a
+# Hub checkpoint loads with, and the one clip_cl.data's evaluation transform reproduces pixel for pixel.
+from transformers import CLIPImageProcessor
 
 TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "clip_tokenizer"
 

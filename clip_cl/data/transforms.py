@@ -1,16 +1,25 @@
-"""Image transforms in PIL + torch (no torchvision), sized from the model's image processor.
+"""Image pipeline on torchvision: images stay `uint8` from decoding to the device, where [`normalize_pixels`] turns
+them into the model's float input.
 
-Training follows the paper (Ding et al. 2022, after the ImageNet recipe): resize the shortest edge to
-`round(crop * 256 / 224)`, random crop to the crop size, random horizontal flip. Evaluation is CLIP's own preprocessing:
-resize the shortest edge to `size["shortest_edge"]`, centre crop. Both end with CLIP's mean/std normalisation, so
-the same code serves the 32 px test model and 224 px CLIP. Randomness comes from torch's global RNG:
-`torch.manual_seed` makes a run reproducible, and `DataLoader` workers get distinct streams.
+Decoding is `torchvision.io.decode_image` (RGB, EXIF orientation applied), with PIL as the fallback for formats
+torchvision does not read (BMP, TIFF, ...). Training follows the paper (Ding et al. 2022, after the ImageNet recipe of
+the official code: `Resize(256, BICUBIC)`, `RandomCrop(224)`, `RandomHorizontalFlip`): resize the shortest edge to
+`round(crop * 256 / 224)`, random crop to the crop size, random horizontal flip, scaled to the model's crop size.
+Evaluation is the model's own image processor (`CLIPImageProcessor`'s torchvision backend): resize the shortest edge
+to `size["shortest_edge"]` (long edge truncated as transformers does), centre crop. Both run on `uint8` tensors with
+`torchvision.transforms.v2.functional`, and collation stacks `uint8` batches (4x fewer bytes than float32 through
+the loader, pinning and the host-to-device copy). [`normalize_pixels`] is the one place where pixels become floats:
+the trainers, the evaluator and ZSCL's reference images all call it on the device.
+
+Training randomness is keyed by `(seed, epoch, row)`, not drawn from torch's global RNG (see [`KeyedTrainDataset`]).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,9 +28,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as tvF
 
 __all__ = [
+    "CachedRows",
     "CorruptImageError",
     "EpochSampler",
     "ImageTransform",
@@ -29,6 +42,8 @@ __all__ = [
     "build_image_transform",
     "collate_classification",
     "collate_retrieval",
+    "decode_rgb",
+    "normalize_pixels",
     "verify_images",
     "with_image_transform",
 ]
@@ -37,6 +52,17 @@ logger = logging.getLogger(__name__)
 
 # The paper's training resize: 256 px before a 224 px crop, scaled to the model's crop size.
 TRAIN_RESIZE_RATIO = 256 / 224
+
+# PIL resampling filters (what image processors store in `resample`) -> torchvision's modes for tensors. Tensors have
+# no Lanczos/box/Hamming kernel; bicubic is the closest (as transformers' torchvision backend also falls back).
+_INTERPOLATION = {
+    0: v2.InterpolationMode.NEAREST,
+    1: v2.InterpolationMode.BICUBIC,  # LANCZOS
+    2: v2.InterpolationMode.BILINEAR,
+    3: v2.InterpolationMode.BICUBIC,
+    4: v2.InterpolationMode.BILINEAR,  # BOX
+    5: v2.InterpolationMode.BILINEAR,  # HAMMING
+}
 
 
 class CorruptImageError(ValueError):
@@ -53,61 +79,85 @@ def _get(size: Any, key: str) -> int | None:
     return int(value) if value is not None else None
 
 
+def _pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """A PIL image as `uint8 [3, H, W]` RGB, EXIF orientation applied (Fashion-MNIST is "L", some PNGs are "P"/"RGBA",
+    some COCO JPEGs are "CMYK")."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return tvF.pil_to_tensor(image)
+
+
 class ImageTransform:
-    """PIL image -> normalised `FloatTensor[3, H, W]`. Picklable, so it works inside `DataLoader` workers.
+    """`uint8` image `[C, H, W]` (or a PIL image) -> `uint8 [3, h, w]`, with `torchvision.transforms.v2.functional`.
+    Picklable, so it works inside `DataLoader` workers.
 
     Args:
         crop_size (`tuple[int, int]`): output `(height, width)`.
-        resize (`int` or `tuple[int, int]`): an int resizes the shortest edge to it (aspect kept); a pair resizes to
-            exactly `(height, width)`.
-        mean (`Sequence[float]`): per-channel mean subtracted after scaling to `[0, 1]`.
-        std (`Sequence[float]`): per-channel standard deviation divided by.
-        train (`bool`): random crop and horizontal flip if `True`, centre crop if `False`.
-        resample (`int`, defaults to bicubic): PIL resampling filter (CLIP uses bicubic).
+        resize (`int` or `tuple[int, int]`): an int resizes the shortest edge to it (aspect kept, the long edge
+            truncated to an int as transformers' image processors do; never below the crop); a pair resizes to exactly
+            `(height, width)`.
+        train (`bool`): random crop and horizontal flip if `True` (drawn from the `generator` passed to the call),
+            centre crop if `False` (offsets truncated, as `CLIPImageProcessor.center_crop`).
+        interpolation (`InterpolationMode`, defaults to bicubic): resize filter, antialiased (CLIP uses bicubic).
     """
 
-    def __init__(self, crop_size: tuple[int, int], resize: int | tuple[int, int], mean: Sequence[float],
-                 std: Sequence[float], train: bool, resample: int = Image.BICUBIC):
+    def __init__(self, crop_size: tuple[int, int], resize: int | tuple[int, int], train: bool,
+                 interpolation: v2.InterpolationMode = v2.InterpolationMode.BICUBIC):
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         self.resize = resize if isinstance(resize, int) else (int(resize[0]), int(resize[1]))
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.train = train
-        self.resample = resample
+        self.interpolation = interpolation
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(train={self.train}, resize={self.resize}, crop_size={self.crop_size}, "
-                f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})")
+                f"interpolation={self.interpolation.value})")
 
-    def _resize(self, image: Image.Image) -> Image.Image:
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """The `(height, width)` an image of `height x width` is resized to before cropping."""
         if isinstance(self.resize, tuple):
-            height, width = self.resize
-        else:
-            # Never below the crop: a crop larger than the image would need padding, which CLIP never saw.
-            short = max(self.resize, *self.crop_size)
-            w, h = image.size
-            # int() rounding as transformers' `get_resize_output_image_size`, so evaluation matches CLIPProcessor.
-            height, width = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
-        if (width, height) == image.size:
-            return image
-        return image.resize((width, height), resample=self.resample)
+            return self.resize
+        # Never below the crop: a crop larger than the image would need padding, which CLIP never saw.
+        short = max(self.resize, *self.crop_size)
+        # int() truncation as transformers' `get_resize_output_image_size`, so evaluation matches the image processor.
+        return (short, int(short * width / height)) if height <= width else (int(short * height / width), short)
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        if image.mode != "RGB":  # Fashion-MNIST is "L", some PNGs are "P"/"RGBA", some COCO JPEGs are "CMYK"
-            image = image.convert("RGB")
-        image = self._resize(image)
-        w, h = image.size
+    def cache_key(self) -> dict:
+        """What [`prepare`] depends on (names an [`ImageCache`] entry)."""
+        return {"resize": self.resize, "crop_size": self.crop_size, "train": self.train,
+                "interpolation": self.interpolation.value, "antialias": True}
+
+    def prepare(self, image: torch.Tensor | Image.Image) -> torch.Tensor:
+        """The deterministic part: RGB, resize, and for evaluation the centre crop (what an [`ImageCache`] stores)."""
+        if isinstance(image, Image.Image):
+            image = _pil_to_uint8(image)
+        if image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+        height, width = image.shape[-2:]
+        size = self.output_size(height, width)
+        if size != (height, width):
+            image = tvF.resize(image, list(size), interpolation=self.interpolation, antialias=True)
+            height, width = size
+        if not self.train:
+            ch, cw = self.crop_size
+            image = tvF.crop(image, int((height - ch) / 2.0), int((width - cw) / 2.0), ch, cw)
+        return image.contiguous()
+
+    def finish(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The random part, on a [`prepare`]d image: random crop and horizontal flip when training, else nothing."""
+        if not self.train:
+            return image
+        height, width = image.shape[-2:]
         ch, cw = self.crop_size
-        if self.train:
-            top = int(torch.randint(0, max(h - ch, 0) + 1, (1,), generator=generator))
-            left = int(torch.randint(0, max(w - cw, 0) + 1, (1,), generator=generator))
-        else:
-            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-        image = image.crop((left, top, left + cw, top + ch))
-        if self.train and bool(torch.rand((), generator=generator) < 0.5):
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-        return (pixels - self.mean) / self.std
+        top = int(torch.randint(0, max(height - ch, 0) + 1, (1,), generator=generator))
+        left = int(torch.randint(0, max(width - cw, 0) + 1, (1,), generator=generator))
+        image = tvF.crop(image, top, left, ch, cw)
+        if bool(torch.rand((), generator=generator) < 0.5):
+            image = tvF.horizontal_flip(image)
+        return image.contiguous()
+
+    def __call__(self, image: torch.Tensor | Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.finish(self.prepare(image), generator)
 
 
 def build_image_transform(image_processor, train: bool) -> ImageTransform:
@@ -115,13 +165,13 @@ def build_image_transform(image_processor, train: bool) -> ImageTransform:
 
     Args:
         image_processor: the model's image processor (`processor.image_processor`); reads `crop_size`
-            (`{height, width}`), `size` (`{shortest_edge}`, or `{height, width}`), `image_mean`, `image_std` and
-            `resample`.
+            (`{height, width}`), `size` (`{shortest_edge}`, or `{height, width}`) and `resample`.
         train (`bool`): training transform (resize to `round(crop * 256 / 224)`, random crop, random horizontal flip)
             or evaluation transform (resize to `size["shortest_edge"]`, centre crop).
 
     Returns:
-        `ImageTransform`: a callable `PIL.Image -> FloatTensor[3, H, W]`.
+        `ImageTransform`: a callable `uint8 [C, H, W] -> uint8 [3, h, w]`; normalise on the device with
+        [`normalize_pixels`].
     """
     size = getattr(image_processor, "size", None)
     crop = getattr(image_processor, "crop_size", None)
@@ -140,17 +190,60 @@ def build_image_transform(image_processor, train: bool) -> ImageTransform:
             raise ValueError(f"Cannot read the image size from {type(image_processor).__name__}: it has neither "
                              f"crop_size {{height, width}} nor size {{shortest_edge}} (size={size}, crop_size={crop}).")
         crop_hw = (shortest, shortest)
-    mean = getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
-    std = getattr(image_processor, "image_std", None) or (0.5, 0.5, 0.5)
     resample = getattr(image_processor, "resample", None)
-    resample = int(resample) if resample is not None else Image.BICUBIC
+    interpolation = (resample if isinstance(resample, v2.InterpolationMode)
+                     else _INTERPOLATION.get(int(resample), v2.InterpolationMode.BICUBIC) if resample is not None
+                     else v2.InterpolationMode.BICUBIC)
     if train:
         resize: int | tuple[int, int] = round(max(crop_hw) * TRAIN_RESIZE_RATIO)
     elif shortest is not None:
         resize = shortest
     else:
         resize = (_get(size, "height"), _get(size, "width"))
-    return ImageTransform(crop_hw, resize, mean, std, train=train, resample=resample)
+    return ImageTransform(crop_hw, resize, train=train, interpolation=interpolation)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# On the device: uint8 -> the model's float input
+
+
+@functools.lru_cache(maxsize=16)
+def _mean_std(mean: tuple[float, ...], std: tuple[float, ...], scale: float, device: str
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    # The same float32 arithmetic as transformers' fused rescale-and-normalise, so evaluation pixels equal the image
+    # processor's bit for bit: (x - mean / scale) / (std / scale).
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device) * (1.0 / scale)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device) * (1.0 / scale)
+    return mean_t.view(-1, 1, 1), std_t.view(-1, 1, 1)
+
+
+def normalize_pixels(pixel_values: torch.Tensor, image_processor=None, *, dtype: torch.dtype | None = None
+                     ) -> torch.Tensor:
+    """The model's float input from `uint8` pixels, computed where `pixel_values` lies (the training or evaluation
+    device). This is the one place where pixels become floats: the trainers, the evaluator and ZSCL's reference
+    images call it.
+
+    Args:
+        pixel_values (`Tensor`): `uint8 [..., 3, H, W]` from [`with_image_transform`]; a floating-point tensor is
+            taken as already normalised and only cast to `dtype`.
+        image_processor: the model's image processor; reads `image_mean`, `image_std` (default 0.5) and
+            `rescale_factor` (default 1/255).
+        dtype (`torch.dtype`, *optional*): the result's dtype (defaults to float32; the model's dtype under bf16).
+
+    Returns:
+        `Tensor`: `(pixel_values * rescale_factor - mean) / std` as `dtype`, on `pixel_values`' device.
+    """
+    if pixel_values.is_floating_point():
+        return pixel_values if dtype is None else pixel_values.to(dtype)
+    if image_processor is None:
+        raise ValueError("normalize_pixels got uint8 pixels but no image processor: pass the model's image processor "
+                         "(processor.image_processor), whose image_mean / image_std normalise them.")
+    mean = tuple(float(m) for m in (getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)))
+    std = tuple(float(s) for s in (getattr(image_processor, "image_std", None) or (0.5, 0.5, 0.5)))
+    scale = float(getattr(image_processor, "rescale_factor", None) or 1 / 255)
+    mean_t, std_t = _mean_std(mean, std, scale, str(pixel_values.device))
+    out = (pixel_values.to(torch.float32) - mean_t) / std_t
+    return out if dtype is None or dtype == torch.float32 else out.to(dtype)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -194,11 +287,33 @@ def _corrupt_message(name: str | None, index: int | None, value: Mapping[str, An
             "`dataset, n_dropped = clip_cl.data.verify_images(dataset, skip_corrupt=True)`.")
 
 
-def _decode(value: Any, feature: datasets.Image) -> Image.Image:
+def decode_rgb(value: Any) -> torch.Tensor:
+    """Decode a stored image (`{"bytes", "path"}` as `datasets.Image(decode=False)` holds it) to `uint8 [3, H, W]` RGB.
+
+    `torchvision.io.decode_image` (libjpeg-turbo, libpng, libwebp) reads JPEG, PNG, GIF and WebP with the EXIF
+    orientation applied; anything else (BMP, TIFF, ...), and anything it rejects, goes through `datasets`' PIL decoder,
+    which resolves relative and hf:// paths and forces the pixels to load, so a corrupt or truncated file raises.
+
+    Args:
+        value (`dict`): `{"bytes": bytes | None, "path": str | None}`.
+
+    Returns:
+        `torch.Tensor`: `uint8 [3, H, W]`.
+    """
     if value is None:
         raise ValueError("the image is missing (None)")
-    # `datasets`' own decoder resolves relative and hf:// paths and forces the pixels to load, so truncated files fail.
-    return datasets.Image(mode=feature.mode).decode_example(value)
+    data = value.get("bytes")
+    path = value.get("path")
+    if data is None and path and os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+    if data:
+        try:
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                                apply_exif_orientation=True)
+        except RuntimeError:
+            pass  # not a format torchvision reads, or corrupt: PIL decides below (and raises if it cannot read it)
+    return _pil_to_uint8(datasets.Image().decode_example(value))
 
 
 class _RowTransform:
@@ -207,26 +322,27 @@ class _RowTransform:
     def __init__(self, raw: datasets.Dataset, image_transform: Callable, image_column: str, label_column: str | None,
                  captions_column: str | None, dataset_name: str | None):
         self.raw = raw  # kept only to locate a corrupt image's row for the error message
-        self.feature = raw.features[image_column]
         self.image_transform = image_transform
         self.image_column = image_column
         self.label_column = label_column
         self.captions_column = captions_column
         self.dataset_name = dataset_name
 
-    def _pixels(self, value: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+    def decode(self, value: Any) -> torch.Tensor:
+        """`uint8 [3, H, W]` of a stored image, or a [`CorruptImageError`] naming the dataset, the row and the path."""
         try:
-            image = _decode(value, self.feature)
+            return decode_rgb(value)
         except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
             index = _find_row(self.raw, self.image_column, value) if isinstance(value, Mapping) else None
             raise CorruptImageError(_corrupt_message(self.dataset_name, index, value or {}, err)) from err
-        return self.image_transform(image, generator) if generator is not None else self.image_transform(image)
 
-    def __call__(self, batch: dict[str, list], generators: Sequence[torch.Generator] | None = None
-                 ) -> dict[str, list]:
-        values = batch[self.image_column]
-        gens = generators if generators is not None else [None] * len(values)
-        out: dict[str, list] = {"pixel_values": [self._pixels(v, g) for v, g in zip(values, gens)]}
+    def __call__(self, batch: dict[str, list], generators: Sequence[torch.Generator] | None = None,
+                 prepared: Sequence[torch.Tensor] | None = None) -> dict[str, list]:
+        """Rows of `batch`; `prepared` (from an [`ImageCache`]) replaces decoding and the deterministic resize."""
+        if prepared is None:
+            prepared = [self.image_transform.prepare(self.decode(v)) for v in batch[self.image_column]]
+        gens = generators if generators is not None else [None] * len(prepared)
+        out: dict[str, list] = {"pixel_values": [self.image_transform.finish(p, g) for p, g in zip(prepared, gens)]}
         if self.label_column is not None:
             out["labels"] = [int(v) for v in batch[self.label_column]]
         if self.captions_column is not None:
@@ -287,7 +403,36 @@ class EpochSampler(torch.utils.data.Sampler):
         return iter((order + self.epoch * self.num_rows).tolist())
 
 
-class KeyedTrainDataset(torch.utils.data.Dataset):
+class _Rows(torch.utils.data.Dataset):
+    """Rows of `rows` through `row_transform`, read a batch at a time; images come from `cache` when given."""
+
+    def __init__(self, rows: datasets.Dataset, row_transform: _RowTransform, cache=None):
+        self.rows, self.row_transform, self.cache = rows, row_transform, cache
+        # With a cache the image column is never read (nor its bytes copied out of Arrow).
+        meta = [c for c in rows.column_names if c != row_transform.image_column]
+        self._meta = rows.select_columns(meta) if cache is not None else rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _read(self, rows: list[int], generators=None) -> list[dict[str, Any]]:
+        batch = self._meta[rows]  # one Arrow read for the whole batch
+        prepared = [self.cache[r] for r in rows] if self.cache is not None else None
+        out = self.row_transform(batch, generators, prepared)
+        return [dict(zip(out, values)) for values in zip(*out.values())]
+
+
+class CachedRows(_Rows):
+    """Evaluation rows whose decoded, centre-cropped images come from an [`ImageCache`] (see `image_cache_dir`)."""
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return self._read([int(i) for i in indices])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._read([int(index)])[0]
+
+
+class KeyedTrainDataset(_Rows):
     """Training rows whose random augmentation is a function of `(seed, epoch, row)` only (see the comment above).
 
     Index it with a key `epoch * len(self) + row` (what [`EpochSampler`] yields); a plain row index reads epoch 0.
@@ -297,13 +442,12 @@ class KeyedTrainDataset(torch.utils.data.Dataset):
         rows (`datasets.Dataset`): the split with its image column undecoded, restricted to the columns used.
         row_transform: the batch transform (decoding, augmentation with a per-sample generator, labels).
         seed (`int`): seed of the augmentation.
+        cache ([`ImageCache`], *optional*): decoded, resized images of `rows` (the crops and flips stay per sample).
     """
 
-    def __init__(self, rows: datasets.Dataset, row_transform: _RowTransform, seed: int):
-        self.rows, self.row_transform, self.seed = rows, row_transform, int(seed)
-
-    def __len__(self) -> int:
-        return len(self.rows)
+    def __init__(self, rows: datasets.Dataset, row_transform: _RowTransform, seed: int, cache=None):
+        super().__init__(rows, row_transform, cache)
+        self.seed = int(seed)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_rows={len(self)}, seed={self.seed}, transform={self.row_transform.image_transform})"
@@ -317,9 +461,7 @@ class KeyedTrainDataset(torch.utils.data.Dataset):
         pairs = [divmod(int(k), n) for k in keys]
         if any(epoch < 0 for epoch, _ in pairs):
             raise IndexError(f"Negative keys {[k for k in keys if int(k) < 0]} for a dataset of {n} rows.")
-        batch = self.rows[[row for _, row in pairs]]  # one Arrow read for the whole batch
-        out = self.row_transform(batch, [_keyed_generator(self.seed, e, r) for e, r in pairs])
-        return [dict(zip(out, values)) for values in zip(*out.values())]
+        return self._read([row for _, row in pairs], [_keyed_generator(self.seed, e, r) for e, r in pairs])
 
     def __getitem__(self, key: int) -> dict[str, Any]:
         return self.__getitems__([key])[0]
@@ -327,7 +469,8 @@ class KeyedTrainDataset(torch.utils.data.Dataset):
 
 def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: bool, image_column: str = "image",
                          label_column: str | None = None, captions_column: str | None = None,
-                         dataset_name: str | None = None, seed: int = 0) -> datasets.Dataset | KeyedTrainDataset:
+                         dataset_name: str | None = None, seed: int = 0, cache_dir: str | os.PathLike | None = None
+                         ) -> datasets.Dataset | KeyedTrainDataset | CachedRows:
     """A view of `dataset` whose rows are model inputs, transformed lazily (`dataset.with_transform`) as they are read.
 
     Args:
@@ -339,11 +482,15 @@ def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: b
         captions_column (`str`, *optional*): for retrieval: rows get `"captions"` (a `list[str]`).
         dataset_name (`str`, *optional*): named in the error raised for an unreadable image.
         seed (`int`, defaults to 0): seed of the training augmentation (ignored when `train=False`).
+        cache_dir (`str`, *optional*): a folder for a `uint8` cache of the decoded, resized images
+            ([`ImageCache`], built on first use over the whole underlying table and shared by every selection of it);
+            `None` (default) decodes every time. Results are identical either way.
 
     Returns:
         `datasets.Dataset` (evaluation) or [`KeyedTrainDataset`] (training: crops and flips keyed by seed, epoch and
-        row, so a resumed run or another number of loader workers draws the same ones): rows `{"pixel_values": FloatTensor[3, H, W], "labels": int}` or
-        `{"pixel_values", "captions": list[str]}`. An unreadable image raises [`CorruptImageError`] naming the
+        row, so a resumed run or another number of loader workers draws the same ones): rows
+        `{"pixel_values": uint8 Tensor[3, H, W], "labels": int}` or
+        `{"pixel_values", "captions": list[str]}` ([`CachedRows`] when evaluating from a cache). An unreadable image raises [`CorruptImageError`] naming the
         dataset, the row and the image path. Batch rows with [`collate_classification`] / [`collate_retrieval`].
     """
     for column in (image_column, label_column, captions_column):
@@ -354,8 +501,16 @@ def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: b
     transform = _RowTransform(raw, build_image_transform(image_processor, train), image_column, label_column,
                               captions_column, dataset_name)
     columns = [c for c in (image_column, label_column, captions_column) if c is not None]
+    cache = None
+    if cache_dir is not None:
+        from .cache import ImageCache
+
+        cache = ImageCache.for_dataset(raw, image_column, transform.image_transform, cache_dir, transform.decode,
+                                       dataset_name)
     if train:
-        return KeyedTrainDataset(raw.select_columns(columns), transform, seed)
+        return KeyedTrainDataset(raw.select_columns(columns), transform, seed, cache)
+    if cache is not None:
+        return CachedRows(raw.select_columns(columns), transform, cache)
     return raw.with_transform(transform, columns=columns)
 
 
@@ -378,13 +533,12 @@ def verify_images(dataset: datasets.Dataset, *, image_column: str = "image", dat
         were dropped (report it with the results).
     """
     raw = _undecoded(dataset, image_column)
-    feature = raw.features[image_column]
     bad: list[int] = []
     start = 0
     for batch in raw.select_columns([image_column]).iter(batch_size=batch_size):
         for offset, value in enumerate(batch[image_column]):
             try:
-                _decode(value, feature)
+                decode_rgb(value)
             except Exception as err:  # PIL raises many types; every one means "cannot train on this row"
                 if not skip_corrupt:
                     raise CorruptImageError(_corrupt_message(dataset_name, start + offset, value or {}, err)) from err
@@ -418,7 +572,8 @@ def collate_classification(rows: Sequence[Mapping[str, Any]]) -> dict[str, torch
         rows (`Sequence[dict]`): rows of [`with_image_transform`] with `label_column` set.
 
     Returns:
-        `dict`: `{"pixel_values": FloatTensor[B, 3, H, W], "labels": LongTensor[B]}`.
+        `dict`: `{"pixel_values": uint8 Tensor[B, 3, H, W], "labels": LongTensor[B]}` (normalise on the device with
+        [`normalize_pixels`]; `CLIPCLTrainer` and the evaluator do).
     """
     pixels = _stack_pixels(rows)
     if "labels" not in rows[0]:
@@ -433,7 +588,7 @@ def collate_retrieval(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         rows (`Sequence[dict]`): rows of [`with_image_transform`] with `captions_column` set.
 
     Returns:
-        `dict`: `{"pixel_values": FloatTensor[B, 3, H, W], "captions": list[list[str]]}` (captions per image, in row
+        `dict`: `{"pixel_values": uint8 Tensor[B, 3, H, W], "captions": list[list[str]]}` (captions per image, in row
         order; images may have different numbers of captions).
     """
     pixels = _stack_pixels(rows)

@@ -24,6 +24,7 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from ..data.transforms import normalize_pixels
 from ..features import encode_texts, image_features, text_features, tokenize
 from ..prompts import DEFAULT_TRAIN_TEMPLATES, DEFAULT_ZERO_SHOT_TEMPLATES, check_templates, class_text_features
 from .distributed import gather_list, gather_rows, shard_indices
@@ -158,6 +159,7 @@ def encode_image_dataset(
     autocast_dtype: torch.dtype | None = None,
     desc: str | None = None,
     disable_tqdm: bool = False,
+    image_processor=None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Normalised image features of a whole dataset, in dataset order, with its labels or captions.
 
@@ -173,6 +175,9 @@ def encode_image_dataset(
         autocast_dtype (`torch.dtype`, *optional*): e.g. `torch.bfloat16`; used only on CUDA.
         desc (`str`, *optional*): progress-bar label.
         disable_tqdm (`bool`, defaults to `False`): hide the progress bar (always hidden off the main process).
+        image_processor (*optional*): the model's image processor; normalises `uint8` rows (those of
+            `clip_cl.data.with_image_transform`) on `device` with `clip_cl.data.normalize_pixels`. Rows of float
+            pixels are taken as already normalised.
 
     Returns:
         `tuple[torch.Tensor, dict]`: features `[N, D]` in float32 on `device`, L2-normalised, and `extras` with
@@ -199,7 +204,8 @@ def encode_image_dataset(
     with eval_mode(model), _autocast(device, autocast_dtype):
         batches = _prefetched(loader) if prefetch else loader
         for batch in tqdm(batches, desc=desc, total=len(loader), disable=disable_tqdm or not state.is_main_process):
-            pixel_values = batch["pixel_values"].to(device, dtype=param_dtype, non_blocking=True)
+            pixel_values = normalize_pixels(batch["pixel_values"].to(device, non_blocking=True), image_processor,
+                                            dtype=param_dtype)
             # Normalise in float32: under bf16 autocast the norm itself would be rounded.
             feats.append(F.normalize(image_features(model, pixel_values, normalize=False).float(), dim=-1))
             labels.extend(batch.get("labels", ()))
@@ -283,7 +289,7 @@ def zero_shot_eval(model, tokenizer, dataset, class_names: Sequence[str],
         class_names (`Sequence[str]`): the class names, in label order.
         templates (`Sequence[str]`, defaults to `DEFAULT_ZERO_SHOT_TEMPLATES`): prompt templates, ensembled.
         **kw: passed to [`encode_image_dataset`] (`batch_size`, `num_workers`, `device`, `autocast_dtype`, `desc`,
-            `disable_tqdm`).
+            `disable_tqdm`, `image_processor`).
 
     Returns:
         `dict`: `{"top1": float, "top5": float, "num_images": int}` (percent; top-5 clipped to the class count).
@@ -459,6 +465,8 @@ class Evaluator:
         autocast_dtype (`torch.dtype`, *optional*): autocast dtype on CUDA, e.g. `torch.bfloat16`.
         device (`torch.device` or `str`, *optional*): where to evaluate; defaults to the model's device.
         disable_tqdm (`bool`, defaults to `False`): hide progress bars.
+        image_processor (*optional*): the model's image processor, which normalises `uint8` rows on the device (see
+            [`encode_image_dataset`]).
     """
 
     def __init__(
@@ -476,6 +484,7 @@ class Evaluator:
         autocast_dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
         disable_tqdm: bool = False,
+        image_processor=None,
     ):
         self.tokenizer = tokenizer
         if update is not None:
@@ -489,7 +498,7 @@ class Evaluator:
         self.zero_shot_templates = check_templates(zero_shot_templates)
         self.ut_templates = check_templates(ut_templates)
         self.encode_kwargs = {"batch_size": batch_size, "num_workers": num_workers, "autocast_dtype": autocast_dtype,
-                              "device": device, "disable_tqdm": disable_tqdm}
+                              "device": device, "disable_tqdm": disable_tqdm, "image_processor": image_processor}
 
     def evaluate(self, model, seen: int) -> dict[str, Any]:
         """Evaluate `model` after `seen` learned sessions (0 = before training).

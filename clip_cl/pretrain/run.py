@@ -120,7 +120,7 @@ def evaluate_pretrained(model, processor, config: PretrainConfig) -> dict[str, A
     start = time.perf_counter()
     zero_shot_specs, retrieval_specs = _eval_specs(config)
     tokenizer = processor.tokenizer
-    kw = {"batch_size": config.per_device_eval_batch_size}
+    kw = {"batch_size": config.per_device_eval_batch_size, "image_processor": processor.image_processor}
     out: dict[str, Any] = {"zero_shot": {}, "retrieval": {}}
     for raw in zero_shot_specs:
         spec = DatasetSpec.from_dict(raw)

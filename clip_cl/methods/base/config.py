@@ -83,6 +83,10 @@ class CLIPCLConfig(TrainingArguments):
         skip_corrupt_images (`bool`, defaults to `False`):
             Scan every dataset once and drop unreadable images, counting them in `results.json` (`skipped_images`);
             by default the first unreadable image stops the run with an error naming the dataset, row and file.
+        image_cache_dir (`str`, *optional*):
+            A folder for `uint8` caches of decoded, resized images (`clip_cl.data.ImageCache`), built once per dataset
+            and transform and shared by sessions, evaluations and later runs; `None` (default) decodes every epoch.
+            Results are identical either way; use it when the resized images fit on disk (docs/performance.md).
         step_lr_epochs (`float`, *optional*, defaults to 10):
             Decay the learning rate by `step_lr_gamma` every this many epochs (the paper's StepLR); `None` uses
             `lr_scheduler_type` instead.
@@ -137,6 +141,9 @@ class CLIPCLConfig(TrainingArguments):
     skip_corrupt_images: bool = field(default=False, metadata={
         "help": "Drop unreadable images (counted in results.json under skipped_images) instead of stopping with an "
                 "error that names the dataset, row and file."})
+    image_cache_dir: str | None = field(default=None, metadata={
+        "help": "Folder for uint8 caches of decoded, resized images, shared by sessions, evaluations and runs "
+                "(default: none, decode every epoch; results are identical either way)."})
     step_lr_epochs: float | None = field(default=10, metadata={
         "help": "StepLR: multiply the learning rate by step_lr_gamma every this many epochs (paper: 10). "
                 "None uses lr_scheduler_type instead."})

@@ -138,7 +138,7 @@ class IMMTrainer(CLIPCLTrainer):
         labels: list[int] = []
         for batch in self.get_train_dataloader():
             targets = self.map_labels(batch["labels"]).tolist()
-            for x, y in zip(batch["pixel_values"], targets):
+            for x, y in zip(self.model_pixels(batch["pixel_values"]), targets):
                 pixels.append(x.detach().to("cpu"))
                 labels.append(int(y))
                 if len(pixels) >= quota:

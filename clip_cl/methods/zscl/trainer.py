@@ -359,7 +359,7 @@ class ZSCLTrainer(CLIPCLTrainer):
         except StopIteration:
             self._reference_iter = iter(self._reference_loader)
             batch = next(self._reference_iter)
-        return batch.to(device, non_blocking=True)
+        return self.model_pixels(batch, device)
 
     # ------------------------------------------------------------------ parameter space
     def l2_reference(self) -> dict[str, torch.Tensor]:
