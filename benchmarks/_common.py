@@ -210,6 +210,11 @@ def method_specs() -> dict[str, tuple[Any, Any, dict[str, Any]]]:
         "wise_ft": (WiSEFTConfig, WiSEFTTrainer, {}),
         "rkr": (RKRConfig, RKRTrainer, {}),
     }
+    # VR-LwF's student text path as it was (one padded call), and with the pseudo-texts' layers recomputed.
+    from naive import VRLwFOneCallTrainer
+
+    specs["vr_lwf_one_call"] = (VRLwFConfig, VRLwFOneCallTrainer, {})
+    specs["vr_lwf_recompute"] = (VRLwFConfig, VRLwFTrainer, {"vr_recompute_pseudo_texts": True})
     try:
         from clip_cl.methods.lora import LoRAConfig, LoRATrainer
         from clip_cl.methods.lora.config import require_peft
@@ -236,7 +241,7 @@ def replay_rows(model, num: int, seed: int = 1) -> list[dict[str, Any]]:
 
 
 OWN_MODEL = {"rkr", "lora", "ft_fused_adamw"}
-TEACHER_METHODS = {"lwf", "vr_lwf", "vr_lwf_pool", "geodl", "geodl_host", "zscl", "zscl_no_l2", "naive_lwf",
+TEACHER_METHODS = {"lwf", "vr_lwf", "vr_lwf_pool", "vr_lwf_one_call", "vr_lwf_recompute", "geodl", "geodl_host", "zscl", "zscl_no_l2", "naive_lwf",
                    "naive_vr_lwf"}
 
 

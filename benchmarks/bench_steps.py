@@ -53,7 +53,8 @@ TARGETS = {  # name -> (what the ratio is measured against, bound)
 # name -> the cases whose sum is the method's floor (what it cannot avoid; see the module docstring).
 FLOORS = {
     **{m: ["ft", "teacher_fwd"] for m in ("lwf", "geodl", "geodl_host", "zscl", "zscl_no_l2", "naive_lwf")},
-    **{m: ["floor_pseudo", "teacher_fwd"] for m in ("vr_lwf", "vr_lwf_pool", "naive_vr_lwf")},
+    **{m: ["floor_pseudo", "teacher_fwd"] for m in ("vr_lwf", "vr_lwf_pool", "naive_vr_lwf", "vr_lwf_one_call",
+                                                     "vr_lwf_recompute")},
     **{m: ["ft", "replay_fwd_bwd"] for m in ("er", "agem", "gem")},
 }
 DEFAULT_METHODS = ["ft", "lwf", "vr_lwf", "vr_lwf_pool", "geodl", "zscl", "imm", "wise_ft", "rkr", "lora",
@@ -211,6 +212,9 @@ def summarise(t) -> dict:
         rows["naive_vr_lwf"]["naive_over_ours"] = t.ratio("naive_vr_lwf", "vr_lwf")
         if "vr_lwf_pool" in s:
             rows["naive_vr_lwf"]["naive_over_pool"] = t.ratio("naive_vr_lwf", "vr_lwf_pool")
+    for variant in ("vr_lwf_one_call", "vr_lwf_recompute"):  # the student text path's alternatives, against the naive
+        if "naive_vr_lwf" in s and variant in s:
+            rows[variant]["naive_over_ours"] = t.ratio("naive_vr_lwf", variant)
     for name, (against, bound) in TARGETS.items():
         if name in rows:
             value = rows[name].get("vs_floor") if against == "floor" else rows[name]["vs_ft"]

@@ -5,6 +5,8 @@
   instead of caching them, and VR-LwF's pseudo-texts go through the student's text encoder in a call of their own
   (two student text calls per step) and through the teacher's text encoder every step. The losses are the same as
   clip-cl's, so only the cost differs.
+- `VRLwFOneCallTrainer`: clip-cl's VR-LwF with the pseudo-texts in the class prompts' padded student call (what it
+  did on every device before it gave them a call of their own on the CPU), measured side by side with today's.
 - `FloorPseudoTrainer`: FT plus what VR-LwF cannot avoid on the student side: the `M` pseudo-texts in the student's
   text-encoder call, and a KL on the image-to-pseudo-text logits against constant targets (forward and backward
   through them). Its step plus the teacher's image forward is VR-LwF's floor.
@@ -70,8 +72,14 @@ class NaiveVRLwFTrainer(VRLwFTrainer):
         return {"vr": args.vr_lambda * kd_kl_loss(student_logits, teacher_logits, args.vr_temperature)}
 
 
+class VRLwFOneCallTrainer(VRLwFTrainer):
+    def separate_extra_text_call(self, model, extra) -> bool:
+        return False
+
+
 class FloorPseudoTrainer(CLIPFineTuneTrainer):
     """FT + the student's forward and backward over `num_pseudo` fixed pseudo-texts (see the module docstring)."""
+
 
     def __init__(self, *args, num_pseudo: int = 100, pseudo_length: int = 8, **kwargs):
         super().__init__(*args, **kwargs)

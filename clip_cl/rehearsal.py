@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import DataError
 from .io import atomic_write_json, read_json
 
 __all__ = [
@@ -49,7 +50,7 @@ MEMORY_FILE = "memory.json"
 MEMORY_SELECTIONS = ("random", "herding")
 
 
-class RehearsalError(ValueError):
+class RehearsalError(DataError):
     """A rehearsal setting that does not fit the data (empty replay set, replay set without captions, too small a
     memory); the message names the fix. The command-line entry points print it as one `error:` line."""
 

@@ -24,9 +24,7 @@ import hashlib
 import json
 import logging
 import os
-import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,13 +34,14 @@ from accelerate import PartialState
 from transformers import PreTrainedModel
 from transformers.trainer_utils import set_seed
 
+from .errors import DataError, ModelLoadError, UserError, user_input
 from .io import atomic_save_dir, atomic_write_json, atomic_write_text, read_json
 from .methods import get_method
 from .methods.base.config import CLIPCLConfig
 from .models import load_model
 
-__all__ = ["run_protocol", "build_protocol", "build_evaluator", "check_launch_setup", "config_fingerprint",
-           "RunFolderError", "UnsupportedSetupError"]
+__all__ = ["run_protocol", "build_protocol", "build_evaluator", "check_launch_setup", "load_run_model",
+           "config_fingerprint", "RunFolderError", "UnsupportedSetupError"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ _NON_RESULT_FIELDS = {
     "dataloader_persistent_workers", "save_strategy", "save_steps", "save_total_limit", "local_rank", "log_level",
     "log_level_replica", "project", "trackio_space_id", "per_device_eval_batch_size", "resume_from_checkpoint",
     "ddp_timeout", "ddp_backend", "skip_memory_metrics", "log_on_each_node", "do_train", "do_eval", "do_predict",
-    "torch_compile", "torch_compile_backend", "torch_compile_mode",
+    "torch_compile", "torch_compile_backend", "torch_compile_mode", "vr_recompute_pseudo_texts",
 }
 
 
@@ -63,11 +62,11 @@ _NON_RESULT_FIELDS = {
 _OMITTED_AT_DEFAULT = {"class_order": "seeded", "update_test_templates": None}
 
 
-class RunFolderError(RuntimeError):
+class RunFolderError(UserError, RuntimeError):
     """The output folder holds a different run."""
 
 
-class UnsupportedSetupError(RuntimeError):
+class UnsupportedSetupError(UserError, RuntimeError):
     """A launch setup (sharding back-end, device) that clip-cl cannot run correctly; raised before anything is
     written."""
 
@@ -153,8 +152,20 @@ def config_fingerprint(config: CLIPCLConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def load_run_model(config: CLIPCLConfig):
+    """`(model, processor)` of `config.model_name_or_path`; a path or id that cannot be loaded is a
+    [`ModelLoadError`]."""
+    with user_input(ModelLoadError, (OSError, ValueError)):
+        return load_model(config.model_name_or_path, local_files_only=config.local_files_only)
+
+
 def build_protocol(config: CLIPCLConfig):
-    """The [`Protocol`] described by a config's data fields."""
+    """The [`Protocol`] described by a config's data fields (a spec that cannot be used is a [`DataError`])."""
+    with user_input(DataError):
+        return _build_protocol(config)
+
+
+def _build_protocol(config: CLIPCLConfig):
     from .data import DatasetSpec, Protocol
 
     if not config.update_dataset:
@@ -201,7 +212,13 @@ def _checked(dataset, name: str, config: CLIPCLConfig, skipped: dict[str, int] |
 
 
 def build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[str, int] | None = None):
-    """An [`Evaluator`] over the protocol's update-test, zero-shot and retrieval sets (evaluation transforms)."""
+    """An [`Evaluator`] over the protocol's update-test, zero-shot and retrieval sets (evaluation transforms); loads
+    them, so a dataset that cannot be used is a [`DataError`]."""
+    with user_input(DataError):
+        return _build_evaluator(protocol, processor, config, skipped)
+
+
+def _build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[str, int] | None = None):
     from .data import with_image_transform
     from .evaluation import Evaluator
 
@@ -262,8 +279,12 @@ def _prepare_folder(out: Path, config: CLIPCLConfig, state: PartialState) -> Non
                 f"{out} is not empty and holds no clip-cl run.json. Use another output_dir, or pass --overwrite_run "
                 "to delete its content.")
         out.mkdir(parents=True, exist_ok=True)
+        from .hub import invocation
+
+        # The command as typed (for the model card's "Reproduce"), where it ran (relative paths), and the Hub
+        # repository asked for (`clip-cl push` uses it).
         record = {"fingerprint": config_fingerprint(config), "config": result_config(config),
-                  "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])}
+                  "command": invocation(), "cwd": os.getcwd(), "hub_model_id": config.hub_model_id}
         atomic_write_json(run_file, record)
     state.wait_for_everyone()
 
@@ -397,7 +418,7 @@ def run_protocol(config: CLIPCLConfig) -> dict:
     _prepare_folder(out, config, state)
     set_seed(config.seed)
 
-    model, processor = load_model(config.model_name_or_path, local_files_only=config.local_files_only)
+    model, processor = load_run_model(config)
     model.to(state.device)
     protocol = build_protocol(config)
     skipped: dict[str, int] = {}
@@ -451,18 +472,20 @@ def run_protocol(config: CLIPCLConfig) -> dict:
             if initial_state is not None:
                 model.load_state_dict(initial_state)
             seen_ids = [c for s in protocol.sessions[: t + 1] for c in s]
-            if trainer_cls._train_data == "seen":
-                raw, ids = protocol.joint_train(t), seen_ids
-            else:
-                raw, ids = protocol.session_train(t), list(protocol.sessions[t])
-            names = [protocol.class_names[i] for i in ids]
             from .data import with_image_transform
 
-            train_name = f"{protocol.update_train.name}/{protocol.update_train.split}"
-            raw = _checked(raw, train_name, config, skipped)
             args = _session_args(config, session_dir, t)
-            train_ds = with_image_transform(raw, processor.image_processor, train=True, label_column="label",
-                                            dataset_name=train_name, seed=args.seed, cache_dir=config.image_cache_dir)
+            with user_input(DataError):  # the training split is loaded here
+                if trainer_cls._train_data == "seen":
+                    raw, ids = protocol.joint_train(t), seen_ids
+                else:
+                    raw, ids = protocol.session_train(t), list(protocol.sessions[t])
+                train_name = f"{protocol.update_train.name}/{protocol.update_train.split}"
+                raw = _checked(raw, train_name, config, skipped)
+                train_ds = with_image_transform(raw, processor.image_processor, train=True, label_column="label",
+                                                dataset_name=train_name, seed=args.seed,
+                                                cache_dir=config.image_cache_dir)
+            names = [protocol.class_names[i] for i in ids]
             set_seed(args.seed)
             extra_kwargs = {}
             if getattr(trainer_cls, "_accepts_distill_class_names", False):
@@ -516,7 +539,7 @@ def run_protocol(config: CLIPCLConfig) -> dict:
                 shutil.copy2(f, tmp / f.name)
             from .hub import write_model_card
 
-            write_model_card(tmp, results, config)
+            write_model_card(tmp, results, config, command=read_json(out / "run.json").get("command"))
 
         atomic_save_dir(out / "model", copy_final)
     state.wait_for_everyone()

@@ -6,7 +6,8 @@ Writes Parquet folders (`cifar10_train/`, `tiny_imagenet_train/`, `pascal_train/
 `pascal_heldout/`, `coco_heldout/`, `fashion_mnist_test/`) and `world.json` with the seeded splits.
 """
 
+from clip_cl.cli import command
 from clip_cl.pretrain.world import main
 
 if __name__ == "__main__":
-    main()
+    command(main)()  # a user error prints one `error: ...` line (exit 2); --debug shows the traceback

@@ -13,7 +13,8 @@ import os
 # passive waiting keeps 2 threads efficient under contention (set OMP_WAIT_POLICY yourself to override).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from clip_cl.pretrain import main  # noqa: E402  (after the environment variable: OpenMP reads it at start-up)
+from clip_cl.cli import command  # noqa: E402  (after the environment variable: OpenMP reads it at start-up)
+from clip_cl.pretrain import main  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    command(main)()  # a user error prints one `error: ...` line (exit 2); --debug shows the traceback

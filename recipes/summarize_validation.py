@@ -24,6 +24,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from clip_cl.cli import command
+from clip_cl.errors import UserError
+
 
 def _mean_std(values: list[float]) -> str:
     if not values:
@@ -40,7 +43,8 @@ def _kept(after: float, before: float, chance: float) -> float:
 def _results(roots: Sequence[Path]):
     for root in roots:
         if not root.is_dir():
-            raise SystemExit(f"{root} is not a folder of runs (results.json files below it).")
+            raise UserError(f"{root} is not a folder: pass folders of runs (results.json files below them), e.g. "
+                            "runs/validation.")
         for path in sorted(root.rglob("results.json")):
             yield json.loads(path.read_text())
 
@@ -87,6 +91,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
     pass
 
 
+@command
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     p.add_argument("folders", nargs="*", type=Path, default=[Path("runs/validation")],

@@ -8,7 +8,8 @@
 Same as `clip-cl sweep`; the format and the run layout are in docs/reports.md.
 """
 
+from clip_cl.cli import command
 from clip_cl.sweep import sweep_main
 
 if __name__ == "__main__":
-    sweep_main()
+    command(sweep_main)()  # a user error prints one `error: ...` line (exit 2); --debug shows the traceback

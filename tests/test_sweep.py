@@ -201,7 +201,11 @@ def test_shipped_sweeps_expand():
     paper = expand_sweep(load_sweep(ROOT / "recipes" / "sweeps" / "paper.yaml"))
     assert {r.method for r in paper} == {"original", "ft", "lwf", "geodl", "imm", "rkr", "vr_lwf", "joint_ft"}
     assert len(paper) == 2 * (1 + 7 * 3)
-    assert all(r.config["num_sessions"] == 5 for r in paper if r.protocol == "mst")
+    # The official protocol (docs/paper_protocol.md): MST = 8 phases of 10 COCO classes in COCO's order, OST from the
+    # paper config; the COCO 2014 + Karpathy update task in both.
+    mst = [r for r in paper if r.protocol == "mst"]
+    assert all(r.config["num_sessions"] == 8 and r.config["class_order"] == "given" for r in mst)
+    assert all(r.config["update_dataset"]["builder_kwargs"]["year"] == 2014 for r in paper)
 
 
 def test_shipped_frontier_sweeps_expand():

@@ -91,7 +91,7 @@ def test_push_to_hub_with_mocked_api(tmp_path):
     (["--protocol", "mst", "--num_sessions", "11"], "sessions"),
 ])
 def test_bad_input_fails_before_training(tmp_path, override, message):
-    with pytest.raises(Exception, match=message):
+    with pytest.raises(SystemExit, match=message):  # one `error:` line, exit status 2 (tests/test_cli_errors.py)
         train_main(args_for(tmp_path / "run", *override))
     assert not (tmp_path / "run" / "session_1").exists()
 

@@ -129,7 +129,8 @@ def test_mst_adds_lwf_over_distilled_classes(tmp_path, tiny, random_images):
     batch = batch_of(trainer.train_dataset, 4)
     outputs = trainer.student_forward(model, batch["pixel_values"])
     hook.remove()
-    assert len(calls) == 1 and outputs.extra_embeds.shape[0] == 1 + 16  # old prompt + pseudo-classes, one call
+    # old prompt + pseudo-classes, in the class prompts' call (a call of their own would save no padding here)
+    assert len(calls) == 1 and outputs.extra_embeds.shape[0] == 1 + 16
     terms = trainer.method_losses(model, batch, outputs, trainer.map_labels(batch["labels"]))
     with torch.no_grad():
         names = ["a", "b", "old"]
@@ -181,17 +182,72 @@ def test_variant_freezing_with_grad_accumulation(tmp_path, tiny, random_images, 
     assert any(h.get("loss_vr", 0) > 0 for h in trainer.state.log_history)
 
 
-def test_encoder_calls_per_step(tmp_path, tiny, random_images):
-    """One student text-encoder call per micro-batch (class prompts + pseudo-texts), one teacher call per step."""
+@pytest.mark.parametrize("separate", [False, True])
+def test_encoder_calls_per_step(tmp_path, tiny, random_images, monkeypatch, separate):
+    """Student text-encoder calls per micro-batch: one (class prompts + extra texts, padded), or two plus the extra
+    texts' recomputation in the backward when they get a call of their own. One teacher call per micro-batch (its
+    class features are cached)."""
     model, _ = tiny
     trainer = make_trainer(tmp_path, tiny, random_images, per_device_train_batch_size=2,
                            gradient_accumulation_steps=2, max_steps=2, protocol="mst", num_sessions=2,
-                           distill_class_names=["a", "b", "old"])
-    student, teacher = [], []
+                           distill_class_names=["a", "b", "old"], vr_recompute_pseudo_texts=True)
+    monkeypatch.setattr(trainer, "separate_extra_text_call", lambda model, extra: separate)
+    student, checkpointed, teacher = [], [], []
     model.text_model.register_forward_hook(lambda *a: student.append(1))
     trainer.teacher.text_model.register_forward_hook(lambda *a: teacher.append(1))
+    original = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: checkpointed.append(1) or original(*a, **k))
     trainer.train()
-    assert len(student) == 4 and len(teacher) == 4  # 2 steps x 2 micro-batches; teacher class features cached
+    # 2 steps x 2 micro-batches; a separate call's text layers keep only their inputs (recomputed in the backward)
+    n_layers = len(model.text_model.encoder.layers)
+    assert len(student) == (2 if separate else 1) * 4 and len(checkpointed) == (n_layers * 4 if separate else 0)
+    assert len(teacher) == 4
+
+
+def _step_loss_and_grads(trainer, model, batch):
+    model.train()
+    model.zero_grad(set_to_none=True)
+    trainer._draw_step = None  # the same pseudo-classes for every call (same step, first micro-batch)
+    loss = trainer.compute_loss(model, batch)
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_separate_call_where_it_saves_padding(tmp_path, tiny, random_images):
+    """On the CPU, OST's pseudo-texts (10 tokens) get their own call next to the longer class prompts; in MST with
+    old-class prompts (as long as the class prompts) in the same block there is nothing to save: one call."""
+    model, _ = tiny
+    ost = make_trainer(tmp_path, tiny, random_images)
+    assert ost.separate_extra_text_call(model, ost.draw_pseudo_classes(model))
+    mst = make_trainer(tmp_path, tiny, random_images, protocol="mst", num_sessions=2,
+                       distill_class_names=["a", "b", "old"])
+    assert not mst.separate_extra_text_call(model, mst.extra_text_tokens(model))
+
+
+@pytest.mark.parametrize("protocol", ["ost", "mst"])
+def test_text_call_choices_give_the_same_loss(tmp_path, tiny, random_images, monkeypatch, protocol):
+    """Two student text calls (CPU) with the pseudo-texts recomputed in the backward, two calls keeping their
+    activations, and one padded call: the same loss and gradients (bit-equal between the two-call paths)."""
+    model, _ = tiny
+    teacher, _ = tiny_clip(seed=1)
+    trainer = make_trainer(tmp_path, tiny, random_images, teacher_model=teacher, protocol=protocol,
+                           vr_recompute_pseudo_texts=True,
+                           **({"num_sessions": 2, "distill_class_names": ["a", "b", "old"]} if protocol == "mst"
+                              else {}))
+    assert trainer._recompute_extra_texts and not make_trainer(tmp_path, tiny, random_images)._recompute_extra_texts
+    batch = batch_of(trainer.train_dataset, 4)
+    monkeypatch.setattr(trainer, "separate_extra_text_call", lambda model, extra: True)
+    recomputed = _step_loss_and_grads(trainer, model, batch)
+    monkeypatch.setattr(trainer, "_recompute_extra_texts", False)
+    kept = _step_loss_and_grads(trainer, model, batch)
+    monkeypatch.setattr(trainer, "separate_extra_text_call", lambda model, extra: False)
+    padded = _step_loss_and_grads(trainer, model, batch)
+    assert recomputed[0].item() > 0 and torch.equal(recomputed[0], kept[0])
+    assert recomputed[1].keys() == kept[1].keys() == padded[1].keys()
+    assert all(torch.equal(recomputed[1][k], kept[1][k]) for k in kept[1])
+    # one padded call: the same arithmetic on differently shaped matrices (float rounding only)
+    assert padded[0].item() == pytest.approx(kept[0].item(), rel=1e-5)
+    assert all(torch.allclose(padded[1][k], kept[1][k], rtol=1e-4, atol=1e-6) for k in kept[1])
 
 
 def test_pool_encodes_teacher_once(tmp_path, tiny, random_images):

@@ -53,7 +53,7 @@ def build_sessions(num_classes: int, num_sessions: int, seed: int, order: str = 
         raise ValueError(f"num_sessions must be at least 1 (1 = one session, OST), got {num_sessions!r}.")
     if num_sessions > num_classes:
         raise ValueError(f"num_sessions={num_sessions} exceeds the {num_classes} classes of the update task; every "
-                         "session needs at least one class.")
+                         f"session needs at least one class: set num_sessions to at most {num_classes}.")
     if order not in CLASS_ORDERS:
         raise ValueError(f"class_order must be one of {CLASS_ORDERS}, got {order!r}.")
     ids = (np.arange(int(num_classes)) if order == "given"

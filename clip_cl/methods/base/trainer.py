@@ -8,7 +8,9 @@ A method subclasses it and overrides [`~CLIPCLTrainer.method_losses`] (and rarel
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import math
 import os
 from collections import defaultdict
@@ -18,10 +20,12 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from transformers import Trainer
 
 from ...adapters import get_adapter, tag_tokenizer
-from ...features import concat_tokens, image_features, logit_bias, logit_scale, tokenize
+from ...errors import NonFiniteLossError
+from ...features import concat_tokens, image_features, logit_bias, logit_scale, text_features, tokenize
 from ...io import atomic_write_json, read_json
 from ...prompts import class_text_features, format_prompts
 from ...variants import apply_variant
@@ -41,6 +45,30 @@ PAPER = {
         "  journal={arXiv preprint arXiv:2207.09248},\n  year={2022}\n}"
     ),
 }
+
+
+@contextlib.contextmanager
+def _checkpointed_layers(module):
+    """Switch on the non-reentrant activation checkpointing of `module`'s transformer layers (transformers'
+    `GradientCheckpointingLayer`s, what `gradient_checkpointing_enable` sets on every layer) for the enclosed calls
+    only, then restore them. `module=None` does nothing."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in module.modules() if isinstance(m, GradientCheckpointingLayer)] if module is not None else []
+    saved = [(m, m.__dict__.get("gradient_checkpointing"), m.__dict__.get("_gradient_checkpointing_func"))
+             for m in layers]
+    func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False)
+    for m in layers:
+        m.gradient_checkpointing, m._gradient_checkpointing_func = True, func
+    try:
+        yield
+    finally:
+        for m, flag, old in saved:
+            for name, value in (("gradient_checkpointing", flag), ("_gradient_checkpointing_func", old)):
+                if value is None:
+                    m.__dict__.pop(name, None)
+                else:
+                    setattr(m, name, value)
 
 
 def unwrap(model):
@@ -99,6 +127,8 @@ class CLIPCLTrainer(Trainer):
     _train_data: ClassVar[str] = "session"
     # Whether every session restarts from the original model (Joint-FT's upper bound).
     _restart_from_initial: ClassVar[bool] = False
+    # Whether the extra texts' separate call recomputes its activations in the backward (see `extra_text_features`).
+    _recompute_extra_texts: ClassVar[bool] = False
 
     # compute_loss returns a mean over the micro-batch; the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
@@ -307,30 +337,72 @@ class CLIPCLTrainer(Trainer):
     def _templates_count(self) -> int:
         return len(self.args.train_templates)
 
-    def student_forward(self, model, pixel_values: torch.Tensor) -> StudentOutputs:
-        """One call of the (possibly DDP-wrapped) model on the batch and all texts of the step.
+    def separate_extra_text_call(self, model, extra: dict[str, torch.Tensor]) -> bool:
+        """Whether the method's extra texts get a text-encoder call of their own instead of sharing the class prompts'.
 
-        Going through the wrapper's `forward` matters: DDP only synchronises gradients of a forward it saw.
+        One call pads both groups to the longer one (VR-LwF's 10-token pseudo-texts to the 16-token class prompts
+        of the default templates: 1.5x the tokens) but is one launch sequence; two calls encode only their own
+        lengths. Two calls are used on the CPU when one call would pad by more than 10 % of the tokens: there the
+        encoder's arithmetic, proportional to the tokens, dominates, and the padded call measured 1.5-1.6x the text
+        work of two (`benchmarks/bench_text_call.py`, docs/performance.md). One call is kept on accelerators (fewer
+        kernel launches at these small text batches) and under any wrapper (DDP, FSDP, DeepSpeed): FSDP and
+        DeepSpeed ZeRO-3 gather sharded weights only in the wrapper's forward, so a second call on the bare module
+        would see shards; DDP alone would synchronise correctly (autograd sums a weight's gradients from both calls
+        before DDP's hook fires) but multi-process runs are GPU runs in practice, so it keeps the single call too.
+        """
+        if unwrap(model) is not model or extra["input_ids"].device.type != "cpu":
+            return False
+        prompts = self.class_tokens(extra["input_ids"].device)["input_ids"]
+        (n_a, len_a), (n_b, len_b) = prompts.shape, extra["input_ids"].shape
+        return (n_a + n_b) * max(len_a, len_b) > 1.1 * (n_a * len_a + n_b * len_b)
+
+    def extra_text_features(self, model, extra: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised student features of the extra texts, in a call of their own (see [`separate_extra_text_call`]).
+
+        With `_recompute_extra_texts` (VR-LwF), the text tower's layers keep only their inputs for the backward and
+        recompute the rest in it, layer by layer, in this call only (the transformer layers' own non-reentrant
+        activation checkpointing, switched on around the call): the values are the same, the pseudo-texts' share of
+        the peak memory goes, one more forward of the layers is the price. An all-ones attention mask (CLIP's
+        pseudo-texts all have one length) is dropped: it masks nothing, and the call is faster without it.
+        """
+        mask = extra.get("attention_mask")
+        if mask is not None and bool(mask.all()):
+            mask = None
+        recompute = self._recompute_extra_texts and torch.is_grad_enabled() and model.training and not getattr(
+            model, "is_activation_checkpointing", False)  # under the model's own checkpointing nothing is kept anyway
+        with _checkpointed_layers(getattr(unwrap(model), "text_model", None) if recompute else None):
+            return text_features(model, extra["input_ids"], mask)
+
+    def student_forward(self, model, pixel_values: torch.Tensor) -> StudentOutputs:
+        """The student's features and logits of the batch and all texts of the step.
+
+        The batch and the class prompts go through one call of the (possibly DDP-wrapped) model: DDP only
+        synchronises gradients of a forward it saw. The method's extra texts join that call, or get one of their own
+        where that is faster ([`separate_extra_text_call`]).
         """
         tokens = self.class_tokens(pixel_values.device)
         extra = self.extra_text_tokens(model)
         n_prompts = tokens["input_ids"].shape[0]
         input_ids, attention_mask = tokens["input_ids"], tokens["attention_mask"]
-        if extra is not None:
+        extra_embeds = None
+        if extra is not None and self.separate_extra_text_call(model, extra):
+            extra_embeds = self.extra_text_features(model, extra)
+        elif extra is not None:
             both = concat_tokens(tokens, extra, self.clip_tokenizer.pad_token_id)
             input_ids, attention_mask = both["input_ids"], both["attention_mask"]
         # The family's image inputs (SigLIP 2: NaFlex patches and masks) for one call of the wrapper's forward.
         out = model(**get_adapter(model).forward_inputs(model, pixel_values, input_ids, attention_mask))
         text = out.text_embeds
         class_embeds = text[:n_prompts]
+        if extra is not None and extra_embeds is None:
+            extra_embeds = text[n_prompts:]
         n_templates = self._templates_count()
         if n_templates > 1:
             class_embeds = F.normalize(class_embeds.view(len(self.class_names), n_templates, -1).mean(1), dim=-1)
         scale = logit_scale(model)
         image_embeds = out.image_embeds
         logits = scale * image_embeds @ class_embeds.t()
-        return StudentOutputs(image_embeds=image_embeds, class_embeds=class_embeds,
-                              extra_embeds=text[n_prompts:] if extra is not None else None,
+        return StudentOutputs(image_embeds=image_embeds, class_embeds=class_embeds, extra_embeds=extra_embeds,
                               logit_scale=scale, logits=logits, logit_bias=logit_bias(model))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -341,7 +413,7 @@ class CLIPCLTrainer(Trainer):
         loss = ce + sum(terms.values()) if terms else ce
         if not torch.isfinite(loss.detach()):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in {"ce": ce, **terms}.items())
-            raise FloatingPointError(
+            raise NonFiniteLossError(
                 f"Non-finite loss at step {self.state.global_step} ({parts}). The run stopped before this update; "
                 "the last saved checkpoint and results are intact. Lower the learning rate, enable gradient clipping "
                 "(max_grad_norm), or switch fp16 to bf16.")

@@ -70,6 +70,8 @@ class VRLwFTrainer(LwFTrainer):
             raise ValueError(f"vr_pseudo_length + {len(rules.prefix) + len(rules.suffix)} = {framed} exceeds the text "
                              f"encoder's context length {max_len}.")
         self._vr_seed = args.seed if args.vr_seed is None else args.vr_seed
+        # Memory for time on the pseudo-texts' own student call (see `CLIPCLTrainer.extra_text_features`).
+        self._recompute_extra_texts = bool(args.vr_recompute_pseudo_texts)
         self._step_pseudo: dict[str, torch.Tensor] | None = None
         self._step_pool_index: torch.Tensor | None = None
         # L_LwF is part of the MST loss, except in a first session known to have no earlier classes (CL-CLIP).
@@ -133,7 +135,10 @@ class VRLwFTrainer(LwFTrainer):
         mode), or a look-up in the pool's cached features."""
         if self._step_pool_index is not None:
             return self._pool_teacher[self._step_pool_index]
-        return teacher_call(text_features, self.teacher, **self._step_pseudo)
+        mask = self._step_pseudo.get("attention_mask")
+        if mask is not None and mask.device.type == "cpu" and bool(mask.all()):
+            mask = None  # no padding (CLIP's pseudo-texts all have one length): the same features, faster without
+        return teacher_call(text_features, self.teacher, self._step_pseudo["input_ids"], mask)
 
     # ------------------------------------------------------------------ the loss
     def method_losses(self, model, inputs: dict, outputs: StudentOutputs, targets: torch.Tensor) -> dict[str, torch.Tensor]:
