@@ -23,14 +23,15 @@ def tiny_args(out, *extra):
             "--zero_shot_datasets", "[]", "--retrieval_datasets", "[]", *extra]
 
 
-def test_fsdp_refused_at_start_with_one_line_and_nothing_written(tmp_path, monkeypatch):
+def test_fsdp_refused_at_start_with_one_line_and_nothing_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` with an FSDP config exports
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as info:
         train_main(tiny_args(out))
-    message = str(info.value.code)
-    assert message.startswith("error: FSDP cannot shard a CLIP model") and "\n" not in message, message
-    assert "Launch with" in message and not out.exists()
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: FSDP cannot shard a CLIP model") and err.count("\n") == 1, err
+    assert "Launch with" in err and not out.exists()
 
 
 def test_deepspeed_on_cpu_is_refused(monkeypatch):
