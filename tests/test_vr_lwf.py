@@ -207,7 +207,7 @@ def test_encoder_calls_per_step(tmp_path, tiny, random_images, monkeypatch, sepa
 def _step_loss_and_grads(trainer, model, batch):
     model.train()
     model.zero_grad(set_to_none=True)
-    trainer._draw_step = None  # the same pseudo-classes for every call (same step, first micro-batch)
+    trainer._key_step = None  # the same pseudo-classes for every call (same step, first micro-batch)
     loss = trainer.compute_loss(model, batch)
     loss.backward()
     return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
