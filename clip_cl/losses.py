@@ -35,6 +35,14 @@ GEODL_FORMS = ("distance", "cosine")
 
 
 # ---------------------------------------------------------------------------------------------------------------- KD
+def _check_distillation_inputs(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape.")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+
+
 def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     r"""Knowledge-distillation loss of Hinton et al. (2015), as used by LwF (Li & Hoiem 2017):
 
@@ -51,11 +59,7 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     Returns:
         `torch.Tensor`: a scalar, the mean over the `B` rows of the KL divergence, times `T^2` (float32).
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must have the same shape.")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}.")
+    _check_distillation_inputs(student_logits, teacher_logits, temperature)
     t = float(temperature)
     log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=-1)
@@ -81,11 +85,7 @@ def sigmoid_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     Returns:
         `torch.Tensor`: a float32 scalar, 0 when student and teacher logits coincide.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must have the same shape.")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}.")
+    _check_distillation_inputs(student_logits, teacher_logits, temperature)
     t = float(temperature)
     s = student_logits.float() / t
     q = teacher_logits.detach().float() / t

@@ -1,5 +1,9 @@
 """Small helpers shared by the trainer tests (imported as `from helpers import ...`)."""
 
+import os
+import signal
+import time
+
 import torch
 
 
@@ -20,3 +24,17 @@ def trainer_args(config_cls, tmp_path, **overrides):
                 save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, logging_steps=1)
     base.update(overrides)
     return config_cls(**base)
+
+
+def kill_after_first_checkpoint(proc, session_dir, timeout: float = 600):
+    """SIGKILL a running `recipes/train.py` process once a finished Trainer checkpoint exists in `session_dir`
+    (its `trainer_state.json` is written last), i.e. in the middle of that session."""
+    deadline = time.time() + timeout
+    ckpt_dir = session_dir / "trainer"
+    while time.time() < deadline and proc.poll() is None:
+        if any((p / "trainer_state.json").exists() for p in ckpt_dir.glob("checkpoint-*")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

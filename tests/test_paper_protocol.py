@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import datasets
-import numpy as np
 import pytest
 from PIL import Image
 

@@ -4,13 +4,12 @@ draws are keyed by step, so the resumed session draws what the uninterrupted one
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import kill_after_first_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
@@ -48,15 +47,7 @@ def test_sigkill_in_session_two_then_resume_equals_uninterrupted(tmp_path):
 
     out = tmp_path / "killed"
     proc = run(command(out))
-    deadline = time.time() + 600
-    ckpt_dir = out / "session_2" / "trainer"
-    while time.time() < deadline and proc.poll() is None:
-        if any((p / "trainer_state.json").exists() for p in ckpt_dir.glob("checkpoint-*")):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed; make it longer"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(proc, out / "session_2")
     partial = json.loads((out / "results.json").read_text())
     assert partial["status"] == "running" and len(partial["sessions"]) == 1
     assert json.loads((out / "memory.json").read_text())["sessions"][0]["session"] == 1

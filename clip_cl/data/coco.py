@@ -388,12 +388,7 @@ class CocoCaptions(_CocoBuilder):
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
             description="COCO captions (one row per image).",
-            features=datasets.Features({
-                "image": datasets.Image(),
-                "captions": datasets.List(datasets.Value("string")),
-                "image_id": datasets.Value("int64"),
-                "file_name": datasets.Value("string"),
-            }),
+            features=caption_features(),
         )
 
     def _karpathy_splits(self) -> tuple[str, ...]:
@@ -436,6 +431,16 @@ class CocoCaptions(_CocoBuilder):
             else:
                 image = {"bytes": None, "path": os.path.abspath(path)}
             yield key, {"image": image, "captions": caps, "image_id": image_id, "file_name": file_name}
+
+
+def caption_features() -> datasets.Features:
+    """The row schema of every caption builder (COCO, Flickr30k): one row per image with all its captions."""
+    return datasets.Features({
+        "image": datasets.Image(),
+        "captions": datasets.List(datasets.Value("string")),
+        "image_id": datasets.Value("int64"),
+        "file_name": datasets.Value("string"),
+    })
 
 
 def _coco_id(entry: dict[str, Any]) -> int:

@@ -28,6 +28,7 @@ from typing import Any
 
 import datasets
 
+from .coco import caption_features
 from .karpathy import KARPATHY_SPLITS, karpathy_captions, karpathy_images, missing_images, read_karpathy
 from .specs import check_keys
 
@@ -97,12 +98,7 @@ class Flickr30k(datasets.GeneratorBasedBuilder):
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
             description="Flickr30k captions in Karpathy's split (one row per image).",
-            features=datasets.Features({
-                "image": datasets.Image(),
-                "captions": datasets.List(datasets.Value("string")),
-                "image_id": datasets.Value("int64"),
-                "file_name": datasets.Value("string"),
-            }),
+            features=caption_features(),
         )
 
     def _split_generators(self, dl_manager):

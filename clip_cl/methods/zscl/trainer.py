@@ -12,7 +12,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ...adapters import get_adapter
 from ...features import encode_texts, tokenize
-from ...losses import kd_kl_loss
 from ...merging import assign_parameters, running_average_update, trainable_state
 from ...prompts import format_prompts
 from ...seeding import keyed_generator
