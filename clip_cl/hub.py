@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import os
 import shlex
 import sys
@@ -69,17 +70,28 @@ def _config_dict(config) -> dict[str, Any]:
     return result_config(config)
 
 
-def _changed_settings(cfg: dict[str, Any], method: str) -> dict[str, Any]:
-    """The settings of `cfg` that differ from a default config of the method (what a config file of the run must say;
-    compared after the config's own normalisation, so defaults it rewrites do not show as changes)."""
+@functools.lru_cache(maxsize=None)
+def method_defaults(method: str) -> dict[str, Any]:
+    """The settings of a default config of `method`, after the config's own normalisation (cached).
+
+    Building a `TrainingArguments` in a distributed run sets up the process's device state, which takes part in the
+    process group's collectives: the runner calls this on every rank before rank 0 alone writes the model card, so
+    that the ranks' barriers stay in step (a 2-process DDP run hung at its last barrier otherwise).
+    """
     from .methods import get_method
     from .runner import result_config
 
     config_cls = get_method(method).config_cls
     try:
-        defaults = result_config(config_cls(output_dir="clip-cl-defaults"))
+        return result_config(config_cls(output_dir="clip-cl-defaults"))
     except (ValueError, TypeError):  # a method config that cannot be built bare: compare with its field defaults
-        defaults = {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
+        return {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
+
+
+def _changed_settings(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    """The settings of `cfg` that differ from a default config of the method (what a config file of the run must say;
+    compared after the config's own normalisation, so defaults it rewrites do not show as changes)."""
+    defaults = method_defaults(method)
     out = {"method": method}
     out.update({k: v for k, v in cfg.items() if k != "method" and (k not in defaults or v != defaults[k])})
     return out

@@ -531,6 +531,10 @@ def run_protocol(config: CLIPCLConfig) -> dict:
             if t > 0 and not config.save_session_models:
                 shutil.rmtree(out / f"session_{t}" / "model", ignore_errors=True)
 
+    if results["sessions"] and trainer_cls is not None:
+        from .hub import method_defaults
+
+        method_defaults(results["method"])  # on every rank: see its docstring
     if state.is_main_process and results["sessions"] and trainer_cls is not None:
         final = out / f"session_{config.num_sessions}" / "model"
 
