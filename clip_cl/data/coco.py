@@ -44,7 +44,7 @@ import datasets
 from PIL import Image
 
 from .karpathy import karpathy_captions, karpathy_images, missing_images, read_karpathy
-from .specs import check_keys
+from .specs import check_keys, image_record
 
 __all__ = ["CocoCaptions", "CocoCaptionsConfig", "CocoObjects", "CocoObjectsConfig", "coco_annotation_file",
            "load_coco"]
@@ -425,11 +425,7 @@ class CocoCaptions(_CocoBuilder):
         for key, (path, image_id, file_name, caps) in enumerate(images):
             if not caps:
                 continue
-            if self.config.embed_images:
-                with open(path, "rb") as f:
-                    image = {"bytes": f.read(), "path": file_name}
-            else:
-                image = {"bytes": None, "path": os.path.abspath(path)}
+            image = image_record(path, file_name, embed=self.config.embed_images)
             yield key, {"image": image, "captions": caps, "image_id": image_id, "file_name": file_name}
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import datasets
 
-from .specs import check_keys
+from .specs import check_keys, image_record
 
 __all__ = ["EuroSAT", "EuroSATConfig", "eurosat_class_name", "load_eurosat"]
 
@@ -117,11 +117,7 @@ class EuroSAT(datasets.GeneratorBasedBuilder):
     def _generate_examples(self, rows):
         root = self.config.data_dir
         for key, (path, label) in enumerate(rows):
-            if self.config.embed_images:
-                with open(path, "rb") as f:
-                    image = {"bytes": f.read(), "path": os.path.basename(path)}
-            else:
-                image = {"bytes": None, "path": os.path.abspath(path)}
+            image = image_record(path, os.path.basename(path), embed=self.config.embed_images)
             yield key, {"image": image, "label": label, "file_name": os.path.relpath(path, root)}
 
 

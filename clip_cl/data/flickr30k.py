@@ -30,7 +30,7 @@ import datasets
 
 from .coco import caption_features
 from .karpathy import KARPATHY_SPLITS, karpathy_captions, karpathy_images, missing_images, read_karpathy
-from .specs import check_keys
+from .specs import check_keys, image_record
 
 __all__ = ["Flickr30k", "Flickr30kConfig", "load_flickr30k"]
 
@@ -137,11 +137,7 @@ class Flickr30k(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, images):
         for key, (path, image_id, file_name, caps) in enumerate(images):
-            if self.config.embed_images:
-                with open(path, "rb") as f:
-                    image = {"bytes": f.read(), "path": file_name}
-            else:
-                image = {"bytes": None, "path": os.path.abspath(path)}
+            image = image_record(path, file_name, embed=self.config.embed_images)
             yield key, {"image": image, "captions": caps, "image_id": image_id, "file_name": file_name}
 
 

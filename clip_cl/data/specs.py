@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import datasets
 
-__all__ = ["BUILDERS", "DatasetSpec", "check_keys", "class_names_of", "infer_builder", "label_array", "load_spec",
-           "subsample"]
+__all__ = ["BUILDERS", "DatasetSpec", "check_keys", "class_names_of", "image_record", "infer_builder", "label_array",
+           "load_spec", "subsample"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,15 @@ class DatasetSpec:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Loading
+
+
+def image_record(path: str, name: str, embed: bool) -> dict[str, Any]:
+    """A `datasets.Image` value for a file of a local builder: its bytes (stored under `name`) when `embed`, else
+    its absolute path (the file is read when the row is)."""
+    if embed:
+        with open(path, "rb") as f:
+            return {"bytes": f.read(), "path": name}
+    return {"bytes": None, "path": os.path.abspath(path)}
 
 
 def _base_split(split: str) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 import datasets
 import numpy as np
 
-from .specs import _IMAGE_EXTENSIONS, check_keys, label_array
+from .specs import _IMAGE_EXTENSIONS, check_keys, image_record, label_array
 
 __all__ = ["TIERED_SPLITS", "TieredImageNet", "TieredImageNetConfig", "load_tiered_imagenet",
            "tiered_imagenet_classes"]
@@ -140,11 +140,7 @@ class TieredImageNet(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, files):
         for key, (path, label, wnid) in enumerate(files):
-            if self.config.embed_images:
-                with open(path, "rb") as f:
-                    image = {"bytes": f.read(), "path": os.path.basename(path)}
-            else:
-                image = {"bytes": None, "path": os.path.abspath(path)}
+            image = image_record(path, os.path.basename(path), embed=self.config.embed_images)
             yield key, {"image": image, "label": label, "wnid": wnid}
 
 
