@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import time
 
 import torch
@@ -24,6 +25,12 @@ def trainer_args(config_cls, tmp_path, **overrides):
                 save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, logging_steps=1)
     base.update(overrides)
     return config_cls(**base)
+
+
+def start_run(cmd, **kw):
+    """Start a `recipes/train.py` command offline, stdout discarded, stderr kept for the failure message."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, **kw)
 
 
 def kill_after_first_checkpoint(proc, session_dir, timeout: float = 600):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import kill_after_first_checkpoint
+from helpers import kill_after_first_checkpoint, start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
@@ -35,24 +35,19 @@ def comparable(results):
             "continual": results["continual"], "memory": results["memory"]}
 
 
-def run(cmd):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-
-
 def test_sigkill_in_session_two_then_resume_equals_uninterrupted(tmp_path):
     reference = tmp_path / "reference"
-    proc = run(command(reference))
+    proc = start_run(command(reference))
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-4000:]
 
     out = tmp_path / "killed"
-    proc = run(command(out))
+    proc = start_run(command(out))
     kill_after_first_checkpoint(proc, out / "session_2")
     partial = json.loads((out / "results.json").read_text())
     assert partial["status"] == "running" and len(partial["sessions"]) == 1
     assert json.loads((out / "memory.json").read_text())["sessions"][0]["session"] == 1
 
-    proc = run(command(out))
+    proc = start_run(command(out))
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-4000:]
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["status"] == "complete"
