@@ -248,6 +248,9 @@ def train_main(argv: Sequence[str] | None = None) -> dict:
             url = _push(out, config.hub_model_id, private=config.hub_private_repo, token=config.hub_token,
                         revision=config.hub_revision, after_run=True)
             print(f"Pushed to {url}")
+    # A launched run ends its process group itself: left to interpreter exit, gloo's threads can abort the process
+    # ("terminate called without an active exception") after the run has finished and saved everything.
+    PartialState().destroy_process_group()
     return results
 
 

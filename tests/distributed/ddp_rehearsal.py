@@ -49,3 +49,4 @@ def main(out_dir: str, method: str) -> None:
 if __name__ == "__main__":
     for name in sys.argv[2:]:  # one launch for several methods (each launch costs a process group start)
         main(f"{sys.argv[1]}/{name}", name)
+    dist.destroy_process_group()  # left to interpreter exit, gloo's threads can abort a process that passed

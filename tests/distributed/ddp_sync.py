@@ -45,3 +45,4 @@ def main(out_dir: str, method: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "ft")
+    dist.destroy_process_group()  # left to interpreter exit, gloo's threads can abort a process that passed
