@@ -13,8 +13,15 @@ random 224 crop, flip) and the library's collation, in one process (`num_workers
 Cases run round-robin (`--rounds`); each ratio is the median over rounds of the per-round ratio. `--workers` adds rows
 with that many worker processes for `new` and `cached` (total images/s; on a shared CPU they measure contention).
 
+`--loop` measures what decides the loader defaults: a training loop, not the loader alone. The main process runs a
+small ViT's forward, backward and optimizer step on every batch (`normalize_pixels` on the batch first, as the trainers
+do) for `--epochs` epochs, once per loader setting (workers, persistent workers, prefetch factor; JPEG and cached
+input), round-robin; each row gives the loop's wall time against the same steps on batches already in memory (the
+compute floor), so `x floor` - 1 is what the input pipeline adds.
+
     python benchmarks/bench_loader.py                      # 256 crops, 3 rounds
     python benchmarks/bench_loader.py --images 32 --rounds 1 --batch_size 8    # smoke run
+    python benchmarks/bench_loader.py --loop --workers 0 1 2 --epochs 3        # loader settings in a training loop
 """
 
 from __future__ import annotations
@@ -37,9 +44,9 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from transformers import CLIPImageProcessor  # noqa: E402
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
 
-from clip_cl.data import collate_classification, with_image_transform  # noqa: E402
+from clip_cl.data import collate_classification, normalize_pixels, with_image_transform  # noqa: E402
 
 COCO = ROOT.parent / "shared" / "data" / "coco_mini"
 
@@ -175,6 +182,98 @@ def bench(num_images: int = 256, rounds: int = 3, batch_size: int = 32, crop: in
     return result
 
 
+# ---------------------------------------------------------------------------------------------------- in a loop
+def loader_settings(workers) -> list[tuple[int, bool, int | None]]:
+    """(num_workers, persistent_workers, prefetch_factor) to compare: no workers, and per worker count the
+    DataLoader's defaults (not persistent, prefetch 2), persistent workers, and persistent with prefetch 4."""
+    out = [(0, False, None)]
+    for w in sorted(set(workers) - {0}):
+        out += [(w, False, 2), (w, True, 2), (w, True, 4)]
+    return out
+
+
+def setting_name(setting) -> str:
+    w, persistent, prefetch = setting
+    return "workers0" if w == 0 else f"workers{w}" + ("_persistent" if persistent else "") + f"_prefetch{prefetch}"
+
+
+def small_vit_step(crop: int, processor, seed: int = 0):
+    """A training step of a small ViT (4 layers, width 128, patch 32) on a uint8 batch: the consumer of the loop."""
+    torch.manual_seed(seed)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(image_size=crop, patch_size=32, hidden_size=128,
+                                                           intermediate_size=512, num_hidden_layers=4,
+                                                           num_attention_heads=4, projection_dim=64))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+    def step(batch):
+        pixels = normalize_pixels(batch["pixel_values"], processor)
+        model(pixel_values=pixels).image_embeds.pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def loop_pass(dataset, collate, batch_size: int, epochs: int, setting, step) -> float:
+    """Wall seconds of `epochs` epochs of `step` over a DataLoader with `setting` (its start-up included)."""
+    w, persistent, prefetch = setting
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
+                                         num_workers=w, persistent_workers=persistent, prefetch_factor=prefetch)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            step(batch)
+    seconds = time.perf_counter() - start
+    del loader  # persistent workers end here, outside the timing
+    return seconds
+
+
+def bench_loop(num_images: int = 256, rounds: int = 3, batch_size: int = 32, crop: int = 224, workers=(0, 1, 2),
+               epochs: int = 3, log=print) -> dict:
+    raw, source = coco_like_crops(num_images)
+    processor = CLIPImageProcessor(size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop})
+    cache_dir = tempfile.mkdtemp(prefix="bench-loader-cache-")
+    inputs = {"jpeg": with_image_transform(raw, processor, train=True, label_column="label"),
+              "cached": with_image_transform(raw, processor, train=True, label_column="label", cache_dir=cache_dir)}
+    step = small_vit_step(crop, processor)
+    in_memory = list(torch.utils.data.DataLoader(inputs["cached"], batch_size=batch_size, collate_fn=collate_classification))
+    for batch in in_memory[:2]:  # warm-up
+        step(batch)
+    settings = loader_settings(workers)
+    times: dict[str, list[float]] = {}
+    floors: list[float] = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(epochs):
+            for batch in in_memory:
+                step(batch)
+        floors.append(time.perf_counter() - start)
+        for kind, dataset in inputs.items():
+            for setting in settings:
+                name = f"{kind}_{setting_name(setting)}"
+                seconds = loop_pass(dataset, collate_classification, batch_size, epochs, setting, step)
+                times.setdefault(name, []).append(seconds)
+    floor = statistics.median(floors)
+    rows = {name: {"seconds": statistics.median(t), "images_per_s": num_images * epochs / statistics.median(t),
+                   "x_floor": statistics.median(s / f for s, f in zip(t, floors))} for name, t in times.items()}
+    result = {"images": num_images, "source": source, "rounds": rounds, "batch_size": batch_size, "crop": crop,
+              "epochs": epochs, "floor_seconds": floor, "cpu_threads": torch.get_num_threads(),
+              "cpus": os.cpu_count(), "loop_rows": rows}
+    log(loop_table(result))
+    return result
+
+
+def loop_table(result: dict) -> str:
+    lines = [f"{result['images']} {result['source']}, train transform to {result['crop']} px, batch "
+             f"{result['batch_size']}, {result['epochs']} epochs of a small ViT's training step in the main process "
+             f"({result['cpu_threads']} torch threads, {result['cpus']} CPUs), median of {result['rounds']} round(s); "
+             f"compute floor (batches in memory) {result['floor_seconds']:.2f} s",
+             "", "| input, loader setting | wall s | images/s | x floor |", "|---|---:|---:|---:|"]
+    for name, r in result["loop_rows"].items():
+        lines.append(f"| {name} | {r['seconds']:.2f} | {r['images_per_s']:.1f} | {r['x_floor']:.2f} |")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     lines = [f"{result['images']} {result['source']} (JPEG q90, 160-400 px), train transform to "
              f"{result['crop']} px, batch {result['batch_size']}, median of {result['rounds']} round(s); cache built in "
@@ -200,9 +299,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch_size", type=int, default=32, help="loader batch size")
     parser.add_argument("--crop", type=int, default=224, help="model input size")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also time these worker counts")
+    parser.add_argument("--loop", action="store_true", help="time loader settings inside a training loop instead")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per setting with --loop")
     parser.add_argument("--json", type=str, default=None, help="write the result here")
     args = parser.parse_args(argv)
-    result = bench(args.images, args.rounds, args.batch_size, args.crop, args.workers)
+    if args.loop:
+        result = bench_loop(args.images, args.rounds, args.batch_size, args.crop, args.workers or [0, 1, 2],
+                            args.epochs)
+    else:
+        result = bench(args.images, args.rounds, args.batch_size, args.crop, args.workers)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

@@ -168,6 +168,8 @@ def bench(model_name: str, batch_sizes, device, precision: str, rounds: int, war
           methods: list[str], pool_size: int, log=print) -> dict:
     trainers, setup, ref, pseudo, text_features = build_cases(model_name, device, precision, methods, pool_size,
                                                               batch_sizes)
+    if torch.device(device).type != "cuda":
+        precision = "fp32"  # `--precision` applies to GPU runs only (base_args): label what ran
     log(f"[steps] {model_name} on {device} ({precision}): setup seconds "
         + ", ".join(f"{k} {v:.1f}" for k, v in setup.items()))
     results = {"model": model_name, "device": str(device), "precision": precision, "clock": default_clock(device),

@@ -94,3 +94,15 @@ def test_bench_loader_runs_old_new_and_cached_paths():
     assert rows["old"]["bytes_per_image"] == 4 * rows["new"]["bytes_per_image"] == 4 * 3 * 32 * 32
     assert rows["cached"]["bytes_per_image"] == rows["new"]["bytes_per_image"]
     assert "| cached |" in bench_loader.table(res)
+
+
+def test_bench_loader_loop_times_every_setting_against_the_compute_floor():
+    import bench_loader
+
+    res = bench_loader.bench_loop(num_images=6, rounds=1, batch_size=3, crop=32, workers=[0, 1], epochs=1,
+                                  log=lambda *a: None)
+    names = set(res["loop_rows"])
+    assert names == {f"{kind}_{bench_loader.setting_name(s)}" for kind in ("jpeg", "cached")
+                     for s in bench_loader.loader_settings([0, 1])}
+    assert len(names) == 8 and all(r["x_floor"] > 0 for r in res["loop_rows"].values())
+    assert "| cached_workers1_persistent_prefetch4 |" in bench_loader.loop_table(res)

@@ -86,3 +86,19 @@ def test_shipped_configs_parse_and_point_at_existing_files():
     for spec in [quick.update_dataset, *quick.zero_shot_datasets, *quick.retrieval_datasets]:
         assert (root / spec["path"]).is_dir(), spec
     assert (root / quick.model_name_or_path / "model.safetensors").is_file()
+
+
+def test_loader_defaults_follow_the_worker_count():
+    none = CLIPCLConfig(output_dir="x")
+    assert none.dataloader_num_workers == 0 and none.dataloader_persistent_workers is False
+    assert none.dataloader_prefetch_factor is None  # torch refuses a prefetch factor without workers
+    two = CLIPCLConfig(output_dir="x", dataloader_num_workers=2)
+    assert two.dataloader_persistent_workers is True and two.dataloader_prefetch_factor == 4
+    chosen = CLIPCLConfig(output_dir="x", dataloader_num_workers=2, dataloader_persistent_workers=False,
+                          dataloader_prefetch_factor=2)
+    assert chosen.dataloader_persistent_workers is False and chosen.dataloader_prefetch_factor == 2
+    with pytest.raises(ValueError, match="dataloader_num_workers > 0"):
+        CLIPCLConfig(output_dir="x", dataloader_persistent_workers=True)
+    cli = parse_config(["--method", "ft", "--output_dir", "x", "--dataloader_num_workers", "1",
+                        "--dataloader_persistent_workers", "false"])
+    assert cli.dataloader_persistent_workers is False and cli.dataloader_prefetch_factor == 4

@@ -87,6 +87,12 @@ class CLIPCLConfig(TrainingArguments):
             A folder for `uint8` caches of decoded, resized images (`clip_cl.data.ImageCache`), built once per dataset
             and transform and shared by sessions, evaluations and later runs; `None` (default) decodes every epoch.
             Results are identical either way; use it when the resized images fit on disk (docs/performance.md).
+        dataloader_persistent_workers (`bool`, *optional*):
+            Keep loader workers alive between epochs. `None` (default) means yes whenever `dataloader_num_workers` is
+            above 0 (Trainer's own default is no); measured in docs/performance.md ("Loader defaults").
+        dataloader_prefetch_factor (`int`, *optional*):
+            Batches each loader worker prepares ahead. `None` (default) means 4 whenever `dataloader_num_workers` is
+            above 0 (torch's own default is 2).
         step_lr_epochs (`float`, *optional*, defaults to 10):
             Decay the learning rate by `step_lr_gamma` every this many epochs (the paper's StepLR); `None` uses
             `lr_scheduler_type` instead.
@@ -178,6 +184,14 @@ class CLIPCLConfig(TrainingArguments):
 
     optim: OptimizerNames | str = field(default="adamw_torch", metadata={
         "help": "Optimizer; with weight_decay 0, AdamW is the paper's Adam."})
+    # Loader defaults chosen by `benchmarks/bench_loader.py --loop` (docs/performance.md, "Loader defaults"): no
+    # workers stays the default (on 2 CPU cores every worker setting was slower than none); once workers are asked
+    # for, persistent workers and 4 batches of prefetch per worker recovered most of what restarting workers every
+    # epoch cost. Batches are the same either way: augmentation is keyed by (seed, epoch, row), not by worker.
+    dataloader_persistent_workers: bool | None = field(default=None, metadata={
+        "help": "Keep loader workers alive between epochs; None (default): yes when dataloader_num_workers > 0."})
+    dataloader_prefetch_factor: int | None = field(default=None, metadata={
+        "help": "Batches each loader worker prepares ahead; None (default): 4 when dataloader_num_workers > 0."})
 
     def __post_init__(self):
         self.protocol = str(self.protocol).lower()
@@ -210,6 +224,16 @@ class CLIPCLConfig(TrainingArguments):
             self.retrieval_datasets = [self.retrieval_datasets]
         if self.step_lr_epochs is not None and self.step_lr_epochs <= 0:
             raise ValueError("step_lr_epochs must be positive, or null to use lr_scheduler_type.")
+        if self.dataloader_num_workers > 0:
+            if self.dataloader_persistent_workers is None:
+                self.dataloader_persistent_workers = True
+            if self.dataloader_prefetch_factor is None:
+                self.dataloader_prefetch_factor = 4
+        elif self.dataloader_persistent_workers:
+            raise ValueError("dataloader_persistent_workers needs loader workers: set dataloader_num_workers > 0 "
+                             "or drop dataloader_persistent_workers.")
+        else:
+            self.dataloader_persistent_workers = False
         super().__post_init__()
 
     @property
