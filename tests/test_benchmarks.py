@@ -94,3 +94,16 @@ def test_bench_loader_runs_old_new_and_cached_paths():
     assert rows["old"]["bytes_per_image"] == 4 * rows["new"]["bytes_per_image"] == 4 * 3 * 32 * 32
     assert rows["cached"]["bytes_per_image"] == rows["new"]["bytes_per_image"]
     assert "| cached |" in bench_loader.table(res)
+
+
+def test_bench_gpu_jpeg_decode_rows_skip_on_cpu_and_run_when_called():
+    import bench_gpu
+
+    quiet = {"log": lambda *a: None}
+    res = bench_gpu.bench("tiny", 4, 3, 1, 8, 0, device="cpu", decode_only=True, **quiet)
+    assert res["decode_skipped"] == bench_gpu.DECODE_SKIPPED == bench_gpu.table(res)
+    # called directly, the two rows run on any device (on CPU both decode with libjpeg-turbo: a smoke test)
+    runs = bench_gpu.bench_decode("tiny", batch_size=4, steps=3, warmup=1, num_images=8, workers=0, device="cpu",
+                                  image_hw=(48, 64), **quiet)
+    assert set(runs) == {"trainer_jpeg_host_decode", "trainer_jpeg_device_decode"}
+    assert all(r[0]["images_per_s"] > 0 for r in runs.values())
