@@ -26,8 +26,8 @@ import io
 import logging
 import math
 import os
-from dataclasses import dataclass
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -316,6 +316,9 @@ class EncodedImages:
         return torch.stack(out)
 
 
+_decode_fallback_warned: list[bool] = []
+
+
 def _decode_jpegs(chunks: list[torch.Tensor], device: torch.device,
                   sources: list[tuple[str | None, str | None]]) -> list[torch.Tensor]:
     """Decode JPEGs on `device` in one batched call. One image the device decoder rejects fails the whole call, so
@@ -323,8 +326,14 @@ def _decode_jpegs(chunks: list[torch.Tensor], device: torch.device,
     default path would have given; a truly corrupt image raises [`CorruptImageError`] naming the dataset and file)."""
     try:
         return decode_jpeg(chunks, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
-        pass
+    except RuntimeError as err:
+        # Said once: if the device decoder rejects every batch (e.g. torchvision built without nvjpeg), decoding
+        # silently degrades to one-by-one and host decoding, and the user should know why it is slow.
+        if not _decode_fallback_warned:
+            _decode_fallback_warned.append(True)
+            logger.warning("decode_jpeg on %s rejected a batch of %d JPEGs (%s); decoding them one by one, and on the "
+                           "host where the device cannot. Said once per process.", device, len(chunks),
+                           str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
     out = []
     for chunk, (name, path) in zip(chunks, sources):
         try:
