@@ -316,7 +316,7 @@ class EncodedImages:
         return torch.stack(out)
 
 
-_decode_fallback_warned: list[bool] = []
+_decode_fallback_warned = False
 
 
 def _decode_jpegs(chunks: list[torch.Tensor], device: torch.device,
@@ -327,10 +327,11 @@ def _decode_jpegs(chunks: list[torch.Tensor], device: torch.device,
     try:
         return decode_jpeg(chunks, mode=ImageReadMode.RGB, device=device)
     except RuntimeError as err:
+        global _decode_fallback_warned
         # Said once: if the device decoder rejects every batch (e.g. torchvision built without nvjpeg), decoding
         # silently degrades to one-by-one and host decoding, and the user should know why it is slow.
         if not _decode_fallback_warned:
-            _decode_fallback_warned.append(True)
+            _decode_fallback_warned = True
             logger.warning("decode_jpeg on %s rejected a batch of %d JPEGs (%s); decoding them one by one, and on the "
                            "host where the device cannot. Said once per process.", device, len(chunks),
                            str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
