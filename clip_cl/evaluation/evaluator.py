@@ -1,8 +1,9 @@
 """Evaluating a CLIP model on the update task, zero-shot classification sets and retrieval sets.
 
 Datasets are any map-style dataset (`len` + `__getitem__`, e.g. a `datasets.Dataset` with a transform) whose rows
-are `{"pixel_values": FloatTensor[3, H, W], "labels": int}` (classification) or
-`{"pixel_values": ..., "captions": list[str]}` (retrieval). Under `accelerate` with several processes, each process
+are `{"pixel_values": Tensor[3, H, W], "labels": int}` (classification) or `{"pixel_values": ..., "captions":
+list[str]}` (retrieval): `uint8` pixels (normalised on the device with the `image_processor`), float pixels (taken as
+normalised), or encoded JPEGs (`with_image_transform(..., decode_on_device=True)`, decoded on the device). Under `accelerate` with several processes, each process
 encodes one shard and the features are gathered back in dataset order, so every process computes the same metrics
 as a single-process run. The results schema is documented in `docs/metrics.md`.
 """
