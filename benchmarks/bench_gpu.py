@@ -10,8 +10,13 @@ against a bare PyTorch loop on the same model, data and optimizer.
 - data placement: the rows live on the GPU (so only the training step is timed), or on the host (fp32 tensors,
   pinned, `dataloader_num_workers` workers) to see whether the input pipeline keeps the model fed.
 - `compile`: the Trainer with `torch_compile=True` (optional, `--compile`).
+- JPEG input (CUDA only; skipped on CPU): the Trainer on COCO-sized JPEG rows (640x480, quality 90) through
+  `clip_cl.data.with_image_transform(train=True)`, decoded by the loader's workers on the host
+  (`trainer_jpeg_host_decode`) or left encoded and decoded on the GPU with nvjpeg (`decode_on_device=True`,
+  `trainer_jpeg_device_decode`); same workers, pinning and model. `--decode-only` runs just these two rows.
 
     python benchmarks/bench_gpu.py --batch-size 256 --steps 30
+    python benchmarks/bench_gpu.py --decode-only --batch-size 256 --steps 30 --workers 6
 """
 
 from __future__ import annotations
@@ -88,17 +93,18 @@ class StepClock:
 
 
 def run_trainer(model_name, batch_size, steps, warmup, data, workers, pin, compile_=False, device="cuda",
-                method="ft"):
+                method="ft", data_collator=collate, decode_on_device=False):
     from _common import method_specs
 
     config_cls, trainer_cls, overrides = method_specs()[method]
     model, processor = build_model(model_name)
     args = base_args(device, batch_size, "bf16")
     args.update({"max_steps": steps, "dataloader_num_workers": workers, "dataloader_pin_memory": pin,
-                 "torch_compile": compile_, "dataloader_persistent_workers": workers > 0, **overrides})
+                 "torch_compile": compile_, "dataloader_persistent_workers": workers > 0,
+                 "decode_on_device": decode_on_device, **overrides})
     clock = StepClock(warmup, device)
     tr = trainer_cls(model=model, args=config_cls(**args), train_dataset=data, processing_class=processor,
-                     class_names=CLASS_NAMES, data_collator=collate, callbacks=[clock.callback])
+                     class_names=CLASS_NAMES, data_collator=data_collator, callbacks=[clock.callback])
     t = time.perf_counter()
     tr.train()
     total = time.perf_counter() - t
@@ -160,6 +166,55 @@ def run_bare(model_name, batch_size, steps, warmup, data, workers, pin, device="
     return {"step_s": step_s, "images_per_s": batch_size / step_s}
 
 
+def jpeg_rows(num_images: int, height: int = 480, width: int = 640, unique: int = 64, seed: int = 0):
+    """A `datasets.Dataset` of COCO-sized JPEGs (quality 90; smooth colour gradients plus noise, so they compress
+    like photographs rather than like noise), `unique` distinct images cycled over `num_images` rows, labels cycling
+    over the benchmark's classes."""
+    import io
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    images = []
+    for _ in range(unique):
+        phase = rng.uniform(0, 2 * np.pi, 3)
+        base = np.stack([127 + 100 * np.sin(x / (40 + 30 * k) + y / (60 + 20 * k) + phase[k]) for k in range(3)], -1)
+        pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+        images.append(buf.getvalue())
+    return datasets.Dataset.from_dict(
+        {"image": [{"bytes": images[i % unique], "path": None} for i in range(num_images)],
+         "label": [i % len(CLASS_NAMES) for i in range(num_images)]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+
+
+def bench_decode(model_name, batch_size, steps, warmup, num_images, workers, device="cuda", log=print,
+                 image_hw: tuple[int, int] = (480, 640)) -> dict:
+    """`Trainer.train()` on JPEG rows (`image_hw` pixels) decoded by the loader's workers (host) vs on `device`
+    (`decode_on_device`): `{run name: [run]}`. Meant for CUDA (nvjpeg); on CPU both rows use the same decoder (a
+    smoke test only)."""
+    from clip_cl.data import collate_classification, with_image_transform
+
+    raw = jpeg_rows(num_images, *image_hw, unique=min(64, num_images))
+    image_processor = build_model(model_name)[1].image_processor
+    pin = torch.device(device).type == "cuda"
+    runs = {}
+    for name, flag in (("trainer_jpeg_host_decode", False), ("trainer_jpeg_device_decode", True)):
+        data = with_image_transform(raw, image_processor, train=True, label_column="label", decode_on_device=flag)
+        runs[name] = [run_trainer(model_name, batch_size, steps, warmup, data, workers, pin, device=device,
+                                  data_collator=collate_classification, decode_on_device=flag)]
+        log(f"[gpu] JPEG rows, {'device' if flag else 'host'} decode ({workers} workers): "
+            f"{runs[name][0]['step_s'] * 1000:.1f} ms/step, {runs[name][0]['images_per_s']:.0f} images/s")
+    return runs
+
+
+DECODE_SKIPPED = "JPEG decode rows skipped: they need a CUDA device (on CPU, device decoding is the host decoder)"
+
+
 def count_flops(model_name, batch_size, device="cuda") -> float:
     """Model FLOPs of one FT training step (forward + backward of both towers), counted by PyTorch."""
     from _common import StepRunner, fixed_batch, make_trainer
@@ -184,14 +239,21 @@ def count_flops(model_name, batch_size, device="cuda") -> float:
 
 def bench(model_name: str, batch_size: int, steps: int, warmup: int, num_images: int, workers: int,
           compile_: bool = False, device="cuda", compile_only: bool = False, reps: int = 3,
-          compile_methods=("ft", "rkr"), log=print) -> dict:
+          compile_methods=("ft", "rkr"), log=print, decode_only: bool = False) -> dict:
     res = {"model": model_name, "batch_size": batch_size, "steps": steps, "warmup": warmup}
     if compile_only:
         return bench_compile(res, model_name, batch_size, steps, warmup, num_images, device, log, compile_methods)
-    res["matmul_tflops"] = matmul_tflops() if device == "cuda" else float("nan")
+    cuda = torch.device(device).type == "cuda"
+    if decode_only and not cuda:
+        log(f"[gpu] {DECODE_SKIPPED}")
+        return {**res, "decode_skipped": DECODE_SKIPPED, "runs": {}, "summary": {}}
+    res["matmul_tflops"] = matmul_tflops() if cuda and not decode_only else float("nan")
     log(f"[gpu] bf16 matmul 8192^3: {res['matmul_tflops']:.0f} TFLOP/s")
     res["flops_per_step"] = count_flops(model_name, batch_size, device)
     log(f"[gpu] FT step FLOPs at batch {batch_size}: {res['flops_per_step'] / 1e12:.2f} TFLOP")
+    if decode_only:
+        return _summarise(res, bench_decode(model_name, batch_size, steps, warmup, num_images, workers, device, log),
+                          batch_size)
     size = int(build_model(model_name)[0].config.vision_config.image_size)
     g = torch.Generator().manual_seed(0)
     host = torch.randn(num_images, 3, size, size, generator=g)
@@ -212,6 +274,11 @@ def bench(model_name: str, batch_size: int, steps: int, warmup: int, num_images:
     runs["bare_host_data"] = [run_bare(model_name, batch_size, steps, warmup, on_host, workers, pin, device=device)]
     log(f"[gpu] host data ({workers} workers, pinned): trainer {runs['trainer_host_data'][0]['step_s'] * 1000:.1f} ms,"
         f" bare {runs['bare_host_data'][0]['step_s'] * 1000:.1f} ms")
+    if cuda:
+        runs.update(bench_decode(model_name, batch_size, steps, warmup, num_images, workers, device, log))
+    else:
+        res["decode_skipped"] = DECODE_SKIPPED
+        log(f"[gpu] {DECODE_SKIPPED}")
     if compile_:
         try:
             runs["trainer_gpu_data_compile"] = [run_trainer(model_name, batch_size, steps, warmup + 3, on_gpu, 0,
@@ -221,6 +288,10 @@ def bench(model_name: str, batch_size: int, steps: int, warmup: int, num_images:
         except Exception as err:  # compilation is optional
             runs["trainer_gpu_data_compile_error"] = repr(err)[:500]
             log(f"[gpu] torch.compile failed: {err!r}"[:500])
+    return _summarise(res, runs, batch_size)
+
+
+def _summarise(res: dict, runs: dict, batch_size: int) -> dict:
     res["runs"] = runs
     summary = {}
     for name, rs in runs.items():
@@ -235,6 +306,9 @@ def bench(model_name: str, batch_size: int, steps: int, warmup: int, num_images:
         res["trainer_over_bare"] = summary["trainer_gpu_data"]["step_ms"] / summary["bare_gpu_data"]["step_ms"]
     if "trainer_host_data" in summary and "bare_host_data" in summary:
         res["trainer_over_bare_host"] = summary["trainer_host_data"]["step_ms"] / summary["bare_host_data"]["step_ms"]
+    if "trainer_jpeg_host_decode" in summary and "trainer_jpeg_device_decode" in summary:
+        res["device_over_host_decode"] = (summary["trainer_jpeg_device_decode"]["images_per_s"]
+                                          / summary["trainer_jpeg_host_decode"]["images_per_s"])
     res["summary"] = summary
     return res
 
@@ -273,6 +347,8 @@ def bench_compile(res, model_name, batch_size, steps, warmup, num_images, device
 
 
 def table(res: dict) -> str:
+    if "flops_per_step" not in res and "decode_skipped" in res:  # --decode-only on CPU
+        return res["decode_skipped"]
     if "flops_per_step" not in res:  # compile comparison
         rows = [[k, f"{v['step_ms']:.1f}", f"{v['images_per_s']:.0f}", f"{v['total_s']:.0f}",
                  f"{v['vs_ft_same_mode']:.2f}x" if "vs_ft_same_mode" in v else "",
@@ -297,6 +373,11 @@ def table(res: dict) -> str:
         out += f"\nTrainer step / bare PyTorch loop (data on GPU): {res['trainer_over_bare']:.3f}x"
     if "trainer_over_bare_host" in res:
         out += f"\nTrainer step / bare PyTorch loop (data on host): {res['trainer_over_bare_host']:.3f}x"
+    if "device_over_host_decode" in res:
+        out += (f"\nFT on JPEG rows, images/s with device decode / host decode: "
+                f"{res['device_over_host_decode']:.3f}x")
+    if "decode_skipped" in res:
+        out += f"\n{res['decode_skipped']}"
     return out
 
 
@@ -309,12 +390,18 @@ def main(argv=None):
     p.add_argument("--num-images", type=int, default=2048)
     p.add_argument("--workers", type=int, default=6)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--decode-only", action="store_true",
+                   help="only FT on JPEG rows, host decode vs device decode (skipped on CPU)")
     p.add_argument("--device", default="cuda", help="cpu only to smoke-test this script")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
+        if a.decode_only:
+            print(DECODE_SKIPPED)
+            return
         raise SystemExit("bench_gpu.py needs a CUDA device.")
-    res = bench(a.model, a.batch_size, a.steps, a.warmup, a.num_images, a.workers, a.compile, a.device)
+    res = bench(a.model, a.batch_size, a.steps, a.warmup, a.num_images, a.workers, a.compile, a.device,
+                decode_only=a.decode_only)
     res["machine"] = machine_info(torch.device(a.device))
     print(table(res))
     write_json(a.json, res)

@@ -58,8 +58,9 @@ _NON_RESULT_FIELDS = {
 
 
 # Settings added after runs were recorded: left out of `result_config` at these (default) values, so the fingerprints
-# of existing run folders and sweeps do not change.
-_OMITTED_AT_DEFAULT = {"class_order": "seeded", "update_test_templates": None}
+# of existing run folders and sweeps do not change. (`decode_on_device` is a result field: on CUDA, nvjpeg's pixels
+# may differ from the host decoder's by a few levels.)
+_OMITTED_AT_DEFAULT = {"class_order": "seeded", "update_test_templates": None, "decode_on_device": False}
 
 
 class RunFolderError(UserError, RuntimeError):
@@ -227,17 +228,19 @@ def _build_evaluator(protocol, processor, config: CLIPCLConfig, skipped: dict[st
     test_name = f"{protocol.update_test.name}/{protocol.update_test.split}"
     update = (
         with_image_transform(_checked(protocol.update_test_dataset(), test_name, config, skipped), ip, train=False,
-                             label_column="label", dataset_name=test_name, cache_dir=config.image_cache_dir),
+                             label_column="label", dataset_name=test_name, cache_dir=config.image_cache_dir,
+                             decode_on_device=config.decode_on_device),
         protocol.class_names,
         protocol.sessions,
     )
     zero_shot = {name: (with_image_transform(_checked(ds, name, config, skipped), ip, train=False,
                                              label_column="label", dataset_name=name,
-                                             cache_dir=config.image_cache_dir), names)
+                                             cache_dir=config.image_cache_dir,
+                                             decode_on_device=config.decode_on_device), names)
                  for name, (ds, names) in protocol.zero_shot_datasets().items()}
     retrieval = {name: with_image_transform(_checked(ds, name, config, skipped), ip, train=False,
                                             captions_column="captions", dataset_name=name,
-                                            cache_dir=config.image_cache_dir)
+                                            cache_dir=config.image_cache_dir, decode_on_device=config.decode_on_device)
                  for name, ds in protocol.retrieval_datasets().items()}
     autocast = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
     return Evaluator(
@@ -484,7 +487,8 @@ def run_protocol(config: CLIPCLConfig) -> dict:
                 raw = _checked(raw, train_name, config, skipped)
                 train_ds = with_image_transform(raw, processor.image_processor, train=True, label_column="label",
                                                 dataset_name=train_name, seed=args.seed,
-                                                cache_dir=config.image_cache_dir)
+                                                cache_dir=config.image_cache_dir,
+                                                decode_on_device=config.decode_on_device)
             names = [protocol.class_names[i] for i in ids]
             set_seed(args.seed)
             extra_kwargs = {}

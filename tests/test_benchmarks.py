@@ -106,3 +106,16 @@ def test_bench_loader_loop_times_every_setting_against_the_compute_floor():
                      for s in bench_loader.loader_settings([0, 1])}
     assert len(names) == 8 and all(r["x_floor"] > 0 for r in res["loop_rows"].values())
     assert "| cached_workers1_persistent_prefetch4 |" in bench_loader.loop_table(res)
+
+
+def test_bench_gpu_jpeg_decode_rows_skip_on_cpu_and_run_when_called():
+    import bench_gpu
+
+    quiet = {"log": lambda *a: None}
+    res = bench_gpu.bench("tiny", 4, 3, 1, 8, 0, device="cpu", decode_only=True, **quiet)
+    assert res["decode_skipped"] == bench_gpu.DECODE_SKIPPED == bench_gpu.table(res)
+    # called directly, the two rows run on any device (on CPU both decode with libjpeg-turbo: a smoke test)
+    runs = bench_gpu.bench_decode("tiny", batch_size=4, steps=3, warmup=1, num_images=8, workers=0, device="cpu",
+                                  image_hw=(48, 64), **quiet)
+    assert set(runs) == {"trainer_jpeg_host_decode", "trainer_jpeg_device_decode"}
+    assert all(r[0]["images_per_s"] > 0 for r in runs.values())

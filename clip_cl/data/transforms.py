@@ -12,15 +12,22 @@ the loader, pinning and the host-to-device copy). [`normalize_pixels`] is the on
 the trainers, the evaluator and ZSCL's reference images all call it on the device.
 
 Training randomness is keyed by `(seed, epoch, row)`, not drawn from torch's global RNG (see [`KeyedTrainDataset`]).
+
+With `decode_on_device=True` (see [`with_image_transform`]) the loader does not decode JPEGs: rows carry the encoded
+bytes ([`EncodedImage`]), collation gathers them ([`EncodedImages`]), and [`pixels_to_device`] decodes the batch with
+`torchvision.io.decode_jpeg(..., device=device)` (nvjpeg on CUDA) and applies the same transform there, with the
+same keyed generators. Other formats, and JPEGs a device decoder would read differently, are decoded on the host.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -29,21 +36,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from PIL import Image, ImageOps
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as tvF
 
 __all__ = [
     "CachedRows",
     "CorruptImageError",
+    "EncodedImage",
+    "EncodedImages",
     "EpochSampler",
     "ImageTransform",
     "KeyedTrainDataset",
     "build_image_transform",
     "collate_classification",
+    "collate_pixels",
     "collate_retrieval",
     "decode_rgb",
     "normalize_pixels",
+    "pixels_to_device",
     "verify_images",
     "with_image_transform",
 ]
@@ -246,6 +257,117 @@ def normalize_pixels(pixel_values: torch.Tensor, image_processor=None, *, dtype:
     return out if dtype is None or dtype == torch.float32 else out.to(dtype)
 
 
+class EncodedImages:
+    """A batch whose JPEGs are still encoded (rows of `with_image_transform(..., decode_on_device=True)`, collated by
+    [`collate_pixels`]); [`pixels_to_device`] decodes it on the training / evaluation device.
+
+    It is deliberately neither a tensor nor a sequence and has no `.to()`: `accelerate` and the Trainer move what they
+    recognise to the device, and the encoded bytes must stay on the host (`decode_jpeg` reads them from CPU memory).
+
+    Args:
+        pixels (`Sequence`): per row, an [`EncodedImage`] or the row's already transformed `uint8 [3, H, W]` (images
+            decoded on the host: PNGs, CMYK or EXIF-rotated JPEGs).
+    """
+
+    def __init__(self, pixels: Sequence[torch.Tensor | EncodedImage]):
+        encoded = [p for p in pixels if isinstance(p, EncodedImage)]
+        host = [p for p in pixels if not isinstance(p, EncodedImage)]
+        self.is_encoded = [isinstance(p, EncodedImage) for p in pixels]
+        # One buffer for all JPEGs of the batch (one shared-memory segment out of a loader worker), cut by offsets.
+        joined = b"".join(e.data for e in encoded)
+        self.data = (torch.frombuffer(bytearray(joined), dtype=torch.uint8) if joined
+                     else torch.empty(0, dtype=torch.uint8))
+        self.offsets = np.cumsum([0] + [len(e.data) for e in encoded]).tolist()
+        self.transforms = [e.transform for e in encoded]
+        self.keys = [e.key for e in encoded]
+        self.sources = [(e.dataset_name, e.path) for e in encoded]
+        self.host = torch.stack(host) if host else None
+
+    def __len__(self) -> int:
+        return len(self.is_encoded)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(rows={len(self)}, encoded={len(self.keys)}, "
+                f"encoded_bytes={self.data.numel()})")
+
+    def pin_memory(self, device=None) -> EncodedImages:
+        """Called by the `DataLoader`'s pinning thread: pins the byte buffer and the host-decoded rows in place."""
+        self.data = self.data.pin_memory()
+        if self.host is not None:
+            self.host = self.host.pin_memory()
+        return self
+
+    def decode(self, device: torch.device | str) -> torch.Tensor:
+        """`uint8 [B, 3, H, W]` on `device`, rows in batch order: the JPEGs decoded there in one batched call
+        (`torchvision.io.decode_jpeg`, nvjpeg on CUDA) and transformed there; the host-decoded rows copied there."""
+        device = torch.device(device)
+        chunks = [self.data[a:b] for a, b in zip(self.offsets[:-1], self.offsets[1:])]
+        decoded = _decode_jpegs(chunks, device, self.sources) if chunks else []
+        host = iter(self.host.to(device, non_blocking=True)) if self.host is not None else iter(())
+        out, j = [], 0
+        for encoded in self.is_encoded:
+            if not encoded:
+                out.append(next(host))
+                continue
+            transform = self.transforms[j]
+            # The crop and flip come from the row's keyed CPU generator: the same integers as on the host.
+            out.append(transform.finish(transform.prepare(decoded[j]), _generator(self.keys[j])))
+            j += 1
+        return torch.stack(out)
+
+
+_decode_fallback_warned = False
+
+
+def _decode_jpegs(chunks: list[torch.Tensor], device: torch.device,
+                  sources: list[tuple[str | None, str | None]]) -> list[torch.Tensor]:
+    """Decode JPEGs on `device` in one batched call. One image the device decoder rejects fails the whole call, so
+    then each is decoded alone, and those it still rejects go through the host decoder ([`decode_rgb`]: what the
+    default path would have given; a truly corrupt image raises [`CorruptImageError`] naming the dataset and file)."""
+    try:
+        return decode_jpeg(chunks, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError as err:
+        global _decode_fallback_warned
+        # Said once: if the device decoder rejects every batch (e.g. torchvision built without nvjpeg), decoding
+        # silently degrades to one-by-one and host decoding, and the user should know why it is slow.
+        if not _decode_fallback_warned:
+            _decode_fallback_warned = True
+            logger.warning("decode_jpeg on %s rejected a batch of %d JPEGs (%s); decoding them one by one, and on the "
+                           "host where the device cannot. Said once per process.", device, len(chunks),
+                           str(err).splitlines()[0][:200] if str(err) else type(err).__name__)
+    out = []
+    for chunk, (name, path) in zip(chunks, sources):
+        try:
+            out.append(decode_jpeg(chunk, mode=ImageReadMode.RGB, device=device))
+            continue
+        except RuntimeError:
+            pass
+        value = {"bytes": chunk.numpy().tobytes(), "path": path}
+        try:
+            out.append(decode_rgb(value).to(device))
+        except Exception as err:  # PIL raises many types
+            raise CorruptImageError(_corrupt_message(name, None, value, err)) from err
+    return out
+
+
+def pixels_to_device(pixel_values: torch.Tensor | EncodedImages, device: torch.device | str,
+                     non_blocking: bool = True) -> torch.Tensor:
+    """A batch's pixels on `device`: a tensor is copied there, an [`EncodedImages`] batch is decoded and transformed
+    there. The trainers and the evaluator call it before [`normalize_pixels`].
+
+    Args:
+        pixel_values (`Tensor` or [`EncodedImages`]): a collated batch's `pixel_values`.
+        device (`torch.device` or `str`): the training / evaluation device.
+        non_blocking (`bool`, defaults to `True`): asynchronous copy of a (pinned) tensor.
+
+    Returns:
+        `Tensor`: `[B, 3, H, W]` on `device` (`uint8`, or the float pixels that were passed).
+    """
+    if isinstance(pixel_values, EncodedImages):
+        return pixel_values.decode(device)
+    return pixel_values.to(device, non_blocking=non_blocking)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Decoding with errors that point at the row
 
@@ -302,11 +424,7 @@ def decode_rgb(value: Any) -> torch.Tensor:
     """
     if value is None:
         raise ValueError("the image is missing (None)")
-    data = value.get("bytes")
-    path = value.get("path")
-    if data is None and path and os.path.isfile(path):
-        with open(path, "rb") as f:
-            data = f.read()
+    data = _stored_bytes(value)
     if data:
         try:
             return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
@@ -316,17 +434,74 @@ def decode_rgb(value: Any) -> torch.Tensor:
     return _pil_to_uint8(datasets.Image().decode_example(value))
 
 
+def _stored_bytes(value: Any) -> bytes | None:
+    """The encoded bytes of a stored image: its `bytes`, else the file at its local `path`; `None` for anything else
+    (a missing value, a remote or relative path, which `datasets`' decoder resolves)."""
+    if not isinstance(value, Mapping):
+        return None
+    data, path = value.get("bytes"), value.get("path")
+    if data is None and path and os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+    return data or None
+
+
+# JPEG files start with SOI (FF D8) followed by a marker (FF xx); EXIF's orientation tag.
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_EXIF_ORIENTATION = 0x0112
+
+
+def _device_decodable(data: bytes) -> bool:
+    """Whether `decode_jpeg(data, mode=RGB, device=...)` gives what [`decode_rgb`] gives on the host: a JPEG (by its
+    magic bytes) in RGB or grayscale, without an EXIF rotation. EXIF orientation is applied by the host decoder only
+    (`apply_exif_orientation` is CPU-only in torchvision and nvjpeg ignores EXIF), and CMYK/YCCK JPEGs need a colour
+    conversion nvjpeg does not make, so those stay on the host. Reads the header only (PIL parses markers up to the
+    scan), not the pixels."""
+    if not data.startswith(_JPEG_MAGIC):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.mode in ("RGB", "L") and image.getexif().get(_EXIF_ORIENTATION, 1) == 1
+    except Exception:  # an unreadable header: the host decoder reads it or reports it with its row
+        return False
+
+
+def _generator(key: tuple[int, ...] | None) -> torch.Generator | None:
+    return _keyed_generator(*key) if key is not None else None
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """A row's JPEG left encoded, for decoding on the training / evaluation device (`decode_on_device=True`).
+
+    Attributes:
+        data (`bytes`): the encoded JPEG (plain bytes, so a loader worker sends one buffer per batch after
+            [`collate_pixels`], not one shared-memory tensor per image).
+        transform ([`ImageTransform`]): the row's transform, applied after decoding.
+        key (`tuple[int, ...]`, *optional*): `(seed, epoch, row)` of the row's training augmentation; the device side
+            draws the crop and flip from the same keyed CPU generator as host decoding would. `None` for evaluation.
+        dataset_name (`str`, *optional*) / path (`str`, *optional*): named if the image turns out to be corrupt.
+    """
+
+    data: bytes
+    transform: ImageTransform
+    key: tuple[int, ...] | None = None
+    dataset_name: str | None = None
+    path: str | None = None
+
+
 class _RowTransform:
     """The batch transform installed by [`with_image_transform`] (a class rather than a closure, to be picklable)."""
 
     def __init__(self, raw: datasets.Dataset, image_transform: Callable, image_column: str, label_column: str | None,
-                 captions_column: str | None, dataset_name: str | None):
+                 captions_column: str | None, dataset_name: str | None, decode_on_device: bool = False):
         self.raw = raw  # kept only to locate a corrupt image's row for the error message
         self.image_transform = image_transform
         self.image_column = image_column
         self.label_column = label_column
         self.captions_column = captions_column
         self.dataset_name = dataset_name
+        self.decode_on_device = decode_on_device
 
     def decode(self, value: Any) -> torch.Tensor:
         """`uint8 [3, H, W]` of a stored image, or a [`CorruptImageError`] naming the dataset, the row and the path."""
@@ -336,13 +511,25 @@ class _RowTransform:
             index = _find_row(self.raw, self.image_column, value) if isinstance(value, Mapping) else None
             raise CorruptImageError(_corrupt_message(self.dataset_name, index, value or {}, err)) from err
 
-    def __call__(self, batch: dict[str, list], generators: Sequence[torch.Generator] | None = None,
+    def pixels(self, value: Any, key: tuple[int, ...] | None = None) -> torch.Tensor | EncodedImage:
+        """A row's transformed `uint8` pixels, or its [`EncodedImage`] when it is left for the device to decode."""
+        if self.decode_on_device:
+            data = _stored_bytes(value)
+            if data is not None and _device_decodable(data):
+                return EncodedImage(data, self.image_transform, key, self.dataset_name, value.get("path"))
+        return self.image_transform(self.decode(value), _generator(key))
+
+    def __call__(self, batch: dict[str, list], keys: Sequence[tuple[int, ...]] | None = None,
                  prepared: Sequence[torch.Tensor] | None = None) -> dict[str, list]:
-        """Rows of `batch`; `prepared` (from an [`ImageCache`]) replaces decoding and the deterministic resize."""
+        """Rows of `batch`. `keys` are the rows' `(seed, epoch, row)` augmentation keys (training); `prepared` (from
+        an [`ImageCache`]) replaces decoding and the deterministic resize."""
+        values = batch[self.image_column] if prepared is None else prepared
+        keys = keys if keys is not None else [None] * len(values)
         if prepared is None:
-            prepared = [self.image_transform.prepare(self.decode(v)) for v in batch[self.image_column]]
-        gens = generators if generators is not None else [None] * len(prepared)
-        out: dict[str, list] = {"pixel_values": [self.image_transform.finish(p, g) for p, g in zip(prepared, gens)]}
+            pixels = [self.pixels(v, k) for v, k in zip(values, keys)]
+        else:
+            pixels = [self.image_transform.finish(p, _generator(k)) for p, k in zip(prepared, keys)]
+        out: dict[str, list] = {"pixel_values": pixels}
         if self.label_column is not None:
             out["labels"] = [int(v) for v in batch[self.label_column]]
         if self.captions_column is not None:
@@ -415,10 +602,10 @@ class _Rows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _read(self, rows: list[int], generators=None) -> list[dict[str, Any]]:
+    def _read(self, rows: list[int], keys=None) -> list[dict[str, Any]]:
         batch = self._meta[rows]  # one Arrow read for the whole batch
         prepared = [self.cache[r] for r in rows] if self.cache is not None else None
-        out = self.row_transform(batch, generators, prepared)
+        out = self.row_transform(batch, keys, prepared)
         return [dict(zip(out, values)) for values in zip(*out.values())]
 
 
@@ -461,7 +648,7 @@ class KeyedTrainDataset(_Rows):
         pairs = [divmod(int(k), n) for k in keys]
         if any(epoch < 0 for epoch, _ in pairs):
             raise IndexError(f"Negative keys {[k for k in keys if int(k) < 0]} for a dataset of {n} rows.")
-        return self._read([row for _, row in pairs], [_keyed_generator(self.seed, e, r) for e, r in pairs])
+        return self._read([row for _, row in pairs], [(self.seed, e, r) for e, r in pairs])
 
     def __getitem__(self, key: int) -> dict[str, Any]:
         return self.__getitems__([key])[0]
@@ -469,8 +656,8 @@ class KeyedTrainDataset(_Rows):
 
 def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: bool, image_column: str = "image",
                          label_column: str | None = None, captions_column: str | None = None,
-                         dataset_name: str | None = None, seed: int = 0, cache_dir: str | os.PathLike | None = None
-                         ) -> datasets.Dataset | KeyedTrainDataset | CachedRows:
+                         dataset_name: str | None = None, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+                         decode_on_device: bool = False) -> datasets.Dataset | KeyedTrainDataset | CachedRows:
     """A view of `dataset` whose rows are model inputs, transformed lazily (`dataset.with_transform`) as they are read.
 
     Args:
@@ -485,6 +672,12 @@ def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: b
         cache_dir (`str`, *optional*): a folder for a `uint8` cache of the decoded, resized images
             ([`ImageCache`], built on first use over the whole underlying table and shared by every selection of it);
             `None` (default) decodes every time. Results are identical either way.
+        decode_on_device (`bool`, defaults to `False`): leave JPEGs encoded ([`EncodedImage`] rows) and decode them
+            where [`pixels_to_device`] sends the batch (`torchvision.io.decode_jpeg`, nvjpeg on CUDA), then apply the
+            same transform there with the same keyed generators. Other formats, CMYK JPEGs and JPEGs with an EXIF
+            rotation are decoded on the host as usual. On CPU the pixels are bit-identical to the default; on CUDA,
+            nvjpeg and the float resize may differ from the host's by a few levels. Cannot be combined with
+            `cache_dir` (the cache already stores decoded images).
 
     Returns:
         `datasets.Dataset` (evaluation) or [`KeyedTrainDataset`] (training: crops and flips keyed by seed, epoch and
@@ -493,13 +686,16 @@ def with_image_transform(dataset: datasets.Dataset, image_processor, *, train: b
         `{"pixel_values", "captions": list[str]}` ([`CachedRows`] when evaluating from a cache). An unreadable image raises [`CorruptImageError`] naming the
         dataset, the row and the image path. Batch rows with [`collate_classification`] / [`collate_retrieval`].
     """
+    if decode_on_device and cache_dir is not None:
+        raise ValueError("decode_on_device and cache_dir cannot be combined: the image cache already stores decoded, "
+                         "resized images. Use one of them (decode_on_device=False, or cache_dir=None).")
     for column in (image_column, label_column, captions_column):
         if column is not None and column not in dataset.column_names:
             raise ValueError(f"Column {column!r} not found in dataset {dataset_name or '<unnamed>'!r}; available "
                              f"columns: {dataset.column_names}.")
     raw = _undecoded(dataset, image_column)
     transform = _RowTransform(raw, build_image_transform(image_processor, train), image_column, label_column,
-                              captions_column, dataset_name)
+                              captions_column, dataset_name, decode_on_device)
     columns = [c for c in (image_column, label_column, captions_column) if c is not None]
     cache = None
     if cache_dir is not None:
@@ -556,13 +752,28 @@ def verify_images(dataset: datasets.Dataset, *, image_column: str = "image", dat
 # Collation
 
 
-def _stack_pixels(rows: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+def collate_pixels(pixels: Sequence[torch.Tensor | EncodedImage]) -> torch.Tensor | EncodedImages:
+    """Batch the `pixel_values` of rows: a stacked `uint8 [B, 3, H, W]` tensor, or [`EncodedImages`] when some rows
+    left their JPEG encoded (`decode_on_device=True`); [`pixels_to_device`] takes either.
+
+    Args:
+        pixels (`Sequence`): the rows' `pixel_values` (tensors and/or [`EncodedImage`]s).
+
+    Returns:
+        `torch.Tensor` or [`EncodedImages`].
+    """
+    if any(isinstance(p, EncodedImage) for p in pixels):
+        return EncodedImages(pixels)
+    return torch.stack(list(pixels))
+
+
+def _stack_pixels(rows: Sequence[Mapping[str, Any]]) -> torch.Tensor | EncodedImages:
     if not rows:
         raise ValueError("Cannot collate an empty batch.")
     if "pixel_values" not in rows[0]:
         raise KeyError(f"Rows have no 'pixel_values' (keys: {sorted(rows[0])}); build the dataset with "
                        "with_image_transform.")
-    return torch.stack([row["pixel_values"] for row in rows])
+    return collate_pixels([row["pixel_values"] for row in rows])
 
 
 def collate_classification(rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -573,7 +784,8 @@ def collate_classification(rows: Sequence[Mapping[str, Any]]) -> dict[str, torch
 
     Returns:
         `dict`: `{"pixel_values": uint8 Tensor[B, 3, H, W], "labels": LongTensor[B]}` (normalise on the device with
-        [`normalize_pixels`]; `CLIPCLTrainer` and the evaluator do).
+        [`normalize_pixels`]; `CLIPCLTrainer` and the evaluator do). With `decode_on_device`, `pixel_values` is an
+        [`EncodedImages`] that [`pixels_to_device`] decodes.
     """
     pixels = _stack_pixels(rows)
     if "labels" not in rows[0]:
@@ -589,7 +801,8 @@ def collate_retrieval(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     Returns:
         `dict`: `{"pixel_values": uint8 Tensor[B, 3, H, W], "captions": list[list[str]]}` (captions per image, in row
-        order; images may have different numbers of captions).
+        order; images may have different numbers of captions). With `decode_on_device`, `pixel_values` is an
+        [`EncodedImages`] that [`pixels_to_device`] decodes.
     """
     pixels = _stack_pixels(rows)
     if "captions" not in rows[0]:

@@ -1,8 +1,9 @@
 """Evaluating a CLIP model on the update task, zero-shot classification sets and retrieval sets.
 
 Datasets are any map-style dataset (`len` + `__getitem__`, e.g. a `datasets.Dataset` with a transform) whose rows
-are `{"pixel_values": FloatTensor[3, H, W], "labels": int}` (classification) or
-`{"pixel_values": ..., "captions": list[str]}` (retrieval). Under `accelerate` with several processes, each process
+are `{"pixel_values": Tensor[3, H, W], "labels": int}` (classification) or `{"pixel_values": ..., "captions":
+list[str]}` (retrieval): `uint8` pixels (normalised on the device with the `image_processor`), float pixels (taken as
+normalised), or encoded JPEGs (`with_image_transform(..., decode_on_device=True)`, decoded on the device). Under `accelerate` with several processes, each process
 encodes one shard and the features are gathered back in dataset order, so every process computes the same metrics
 as a single-process run. The results schema is documented in `docs/metrics.md`.
 """
@@ -24,7 +25,7 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from ..data.transforms import normalize_pixels
+from ..data.transforms import EncodedImage, collate_pixels, normalize_pixels, pixels_to_device
 from ..features import encode_texts, image_features, text_features, tokenize
 from ..prompts import DEFAULT_TRAIN_TEMPLATES, DEFAULT_ZERO_SHOT_TEMPLATES, check_templates, class_text_features
 from .distributed import gather_list, gather_rows, shard_indices
@@ -76,16 +77,25 @@ def _collate(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     if "pixel_values" not in rows[0]:
         raise KeyError(f"Dataset rows need a 'pixel_values' tensor [3, H, W]; got keys {sorted(rows[0])}. "
                        "Apply the image transform (e.g. `dataset.set_transform(...)`) before evaluating.")
-    batch: dict[str, Any] = {"pixel_values": torch.stack([torch.as_tensor(r["pixel_values"]) for r in rows])}
+    batch: dict[str, Any] = {"pixel_values": collate_pixels([_as_pixels(r["pixel_values"]) for r in rows])}
     batch.update(_collate_meta(rows))
     return batch
+
+
+def _as_pixels(value):
+    # Still-encoded JPEGs (`decode_on_device`) pass as they are; anything else becomes a tensor.
+    return value if isinstance(value, EncodedImage) else torch.as_tensor(value)
 
 
 def _collate_pinned(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
     """[`_collate`] with the pixels stacked directly into page-locked memory (one host copy instead of two)."""
     if "pixel_values" not in rows[0]:
         return _collate(rows)  # raises its error
-    pixels = [torch.as_tensor(r["pixel_values"]) for r in rows]
+    pixels = [_as_pixels(r["pixel_values"]) for r in rows]
+    if any(isinstance(p, EncodedImage) for p in pixels):
+        batch = _collate(rows)
+        batch["pixel_values"] = batch["pixel_values"].pin_memory()
+        return batch
     out = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype, pin_memory=True)
     torch.stack(pixels, out=out)
     batch = _collate_meta(rows)
@@ -177,7 +187,8 @@ def encode_image_dataset(
         disable_tqdm (`bool`, defaults to `False`): hide the progress bar (always hidden off the main process).
         image_processor (*optional*): the model's image processor; normalises `uint8` rows (those of
             `clip_cl.data.with_image_transform`) on `device` with `clip_cl.data.normalize_pixels`. Rows of float
-            pixels are taken as already normalised.
+            pixels are taken as already normalised. Rows built with `decode_on_device=True` carry encoded JPEGs,
+            which are decoded and transformed on `device` (`clip_cl.data.pixels_to_device`) before that.
 
     Returns:
         `tuple[torch.Tensor, dict]`: features `[N, D]` in float32 on `device`, L2-normalised, and `extras` with
@@ -204,7 +215,8 @@ def encode_image_dataset(
     with eval_mode(model), _autocast(device, autocast_dtype):
         batches = _prefetched(loader) if prefetch else loader
         for batch in tqdm(batches, desc=desc, total=len(loader), disable=disable_tqdm or not state.is_main_process):
-            pixel_values = normalize_pixels(batch["pixel_values"].to(device, non_blocking=True), image_processor,
+            # A batch of still-encoded JPEGs (`decode_on_device`) is decoded and transformed on `device` here.
+            pixel_values = normalize_pixels(pixels_to_device(batch["pixel_values"], device), image_processor,
                                             dtype=param_dtype)
             # Normalise in float32: under bf16 autocast the norm itself would be rounded.
             feats.append(F.normalize(image_features(model, pixel_values, normalize=False).float(), dim=-1))

@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import SaveStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
+from ...errors import ConfigError
 from ...prompts import DEFAULT_TRAIN_TEMPLATES, DEFAULT_ZERO_SHOT_TEMPLATES, check_templates
 from ...variants import check_variant
 
@@ -93,6 +94,13 @@ class CLIPCLConfig(TrainingArguments):
         dataloader_prefetch_factor (`int`, *optional*):
             Batches each loader worker prepares ahead. `None` (default) means 4 whenever `dataloader_num_workers` is
             above 0 (torch's own default is 2).
+        decode_on_device (`bool`, defaults to `False`):
+            Leave JPEGs encoded in the data loader and decode them on the training / evaluation device
+            (`torchvision.io.decode_jpeg`, nvjpeg on CUDA), where the same resize, crop and flip follow; for GPUs
+            whose host cannot decode fast enough. PNGs, grayscale images of other formats, CMYK JPEGs and JPEGs with
+            an EXIF rotation are still decoded on the host. On CPU the batches are bit-identical to the default; on
+            CUDA, nvjpeg's decode and the float resize may differ from the host's by a few levels (not bit-identical).
+            Cannot be combined with `image_cache_dir`.
         step_lr_epochs (`float`, *optional*, defaults to 10):
             Decay the learning rate by `step_lr_gamma` every this many epochs (the paper's StepLR); `None` uses
             `lr_scheduler_type` instead.
@@ -150,6 +158,10 @@ class CLIPCLConfig(TrainingArguments):
     image_cache_dir: str | None = field(default=None, metadata={
         "help": "Folder for uint8 caches of decoded, resized images, shared by sessions, evaluations and runs "
                 "(default: none, decode every epoch; results are identical either way)."})
+    decode_on_device: bool = field(default=False, metadata={
+        "help": "Decode JPEGs on the training/evaluation device (torchvision decode_jpeg; nvjpeg on CUDA) instead of "
+                "in the data loader; other formats stay on the host. Bit-identical on CPU, within a few levels on "
+                "CUDA. Not with image_cache_dir."})
     step_lr_epochs: float | None = field(default=10, metadata={
         "help": "StepLR: multiply the learning rate by step_lr_gamma every this many epochs (paper: 10). "
                 "None uses lr_scheduler_type instead."})
@@ -222,6 +234,10 @@ class CLIPCLConfig(TrainingArguments):
             self.zero_shot_datasets = [self.zero_shot_datasets]
         if isinstance(self.retrieval_datasets, dict):
             self.retrieval_datasets = [self.retrieval_datasets]
+        if self.decode_on_device and self.image_cache_dir is not None:
+            raise ConfigError(f"decode_on_device and image_cache_dir={self.image_cache_dir!r} cannot be combined: the "
+                              "image cache already stores decoded, resized images. Drop one of them (image_cache_dir: "
+                              "null, or decode_on_device: false).")
         if self.step_lr_epochs is not None and self.step_lr_epochs <= 0:
             raise ValueError("step_lr_epochs must be positive, or null to use lr_scheduler_type.")
         if self.dataloader_num_workers > 0:

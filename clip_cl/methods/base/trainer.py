@@ -273,19 +273,23 @@ class CLIPCLTrainer(Trainer):
             return dataset.epoch_sampler(seed)
         return super()._get_train_sampler(train_dataset)
 
-    def model_pixels(self, pixel_values: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    def model_pixels(self, pixel_values, device: torch.device | None = None) -> torch.Tensor:
         """The model's float input from a batch's `uint8` pixels, on `device` (defaults to the training device);
-        float pixels pass as they are. Every image a method feeds the student or the teacher goes through here."""
-        from ...data import normalize_pixels
+        float pixels pass as they are, and a batch of still-encoded JPEGs (`decode_on_device`) is decoded there.
+        Every image a method feeds the student or the teacher goes through here."""
+        from ...data import normalize_pixels, pixels_to_device
 
         device = self.args.device if device is None else device
-        return normalize_pixels(pixel_values.to(device, non_blocking=True), self.image_processor)
+        return normalize_pixels(pixels_to_device(pixel_values, device), self.image_processor)
 
     def _prepare_inputs(self, inputs):
-        # Batches arrive as uint8 (4x fewer bytes through collation, pinning and the copy): normalise once on the
-        # device, so that every method's compute_loss sees the float pixels it always did.
+        # Batches arrive as uint8 (4x fewer bytes through collation, pinning and the copy), or as encoded JPEGs with
+        # `decode_on_device` (the Trainer leaves that object on the host): decode and normalise once on the device,
+        # so that every method's compute_loss sees the float pixels it always did.
+        from ...data import EncodedImages
+
         inputs = super()._prepare_inputs(inputs)
-        if isinstance(inputs.get("pixel_values"), torch.Tensor):
+        if isinstance(inputs.get("pixel_values"), (torch.Tensor, EncodedImages)):
             inputs["pixel_values"] = self.model_pixels(inputs["pixel_values"])
         return inputs
 
