@@ -33,9 +33,12 @@ __all__ = [
     "MEMORY_FILE",
     "MEMORY_SELECTIONS",
     "ExemplarMemory",
+    "agem_coefficients",
     "agem_project",
     "assign_flat_grad",
     "flat_grad",
+    "gem_coefficients",
+    "gem_dual_from_products",
     "gem_dual_solve",
     "gem_project",
     "herding_order",
@@ -116,6 +119,23 @@ def assign_flat_grad(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None
 
 
 # ------------------------------------------------------------------------------------------------------------ A-GEM
+def agem_coefficients(dots: torch.Tensor, ref_sq: float) -> torch.Tensor | None:
+    r"""A-GEM's projection as a coefficient: the projected gradient is `g + v g_ref` with `v = -(g . g_ref) /
+    (g_ref . g_ref)` when `g . g_ref < 0`, and `None` (no projection) otherwise or when `g_ref` is zero.
+
+    Args:
+        dots (`torch.Tensor`): `[1]` the product `g . g_ref`.
+        ref_sq (`float`): `g_ref . g_ref`.
+
+    Returns:
+        `torch.Tensor | None`: `[1]` float64 `v`, or `None`.
+    """
+    dot = float(dots[0])
+    if not dot < 0 or not ref_sq > 0:
+        return None
+    return torch.tensor([-dot / ref_sq], dtype=torch.float64)
+
+
 def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> tuple[torch.Tensor, bool]:
     r"""A-GEM's projection (Chaudhry et al., ICLR 2019): if the update gradient conflicts with the reference gradient
     (`g . g_ref < 0`), remove the conflicting component,
@@ -135,11 +155,10 @@ def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> tuple[torch.Tensor, bo
     """
     if g.shape != g_ref.shape:
         raise ValueError(f"g {tuple(g.shape)} and g_ref {tuple(g_ref.shape)} must have the same shape.")
-    dot = float(torch.dot(g, g_ref.to(g.dtype)))
-    ref_sq = float(torch.dot(g_ref, g_ref))
-    if not dot < 0 or not ref_sq > 0:
+    v = agem_coefficients(torch.dot(g, g_ref.to(g.dtype)).double().reshape(1), float(torch.dot(g_ref, g_ref)))
+    if v is None:
         return g, False
-    return torch.add(g, g_ref.to(g.dtype), alpha=-(dot / ref_sq)), True
+    return torch.add(g, g_ref.to(g.dtype), alpha=float(v[0])), True
 
 
 # -------------------------------------------------------------------------------------------------------------- GEM
@@ -166,13 +185,26 @@ def gem_dual_solve(memories: torch.Tensor, g: torch.Tensor, margin: float = 0.5,
     """
     if memories.dim() != 2 or g.dim() != 1 or memories.shape[1] != g.shape[0]:
         raise ValueError(f"memories must be [K, P] and g [P], got {tuple(memories.shape)} and {tuple(g.shape)}.")
-    if margin < 0 or eps < 0:
-        raise ValueError(f"margin and eps must be >= 0, got {margin} and {eps}.")
     # The [K, K] Gram matrix and [K] products are reduced in the inputs' dtype (no float64 copy of [K, P]); the
     # small QP itself runs in float64.
-    P = (memories @ memories.t()).double()
+    return gem_dual_from_products(memories @ memories.t(), memories @ g.to(memories.dtype), margin=margin, eps=eps,
+                                  max_iter=max_iter, tol=tol)
+
+
+def gem_dual_from_products(gram: torch.Tensor, dots: torch.Tensor, margin: float = 0.5, eps: float = 1e-3,
+                           max_iter: int = 10_000, tol: float = 1e-12) -> torch.Tensor:
+    r"""[`gem_dual_solve`] from the products alone: `gram = G G^T` (`[K, K]`) and `dots = G g` (`[K]`), which is all
+    the dual needs, so a caller that has them (the trainers reduce them parameter by parameter, without flattening
+    the update gradient) never builds the `[P]` vectors.
+
+    Returns:
+        `torch.Tensor`: `[K]` the optimal `v` (float64).
+    """
+    if margin < 0 or eps < 0:
+        raise ValueError(f"margin and eps must be >= 0, got {margin} and {eps}.")
+    P = gram.double()
     P = 0.5 * (P + P.t()) + eps * torch.eye(P.shape[0], dtype=P.dtype, device=P.device)
-    q = (memories @ g.to(memories.dtype)).double()
+    q = dots.double()
     k = P.shape[0]
     diag = torch.diagonal(P).clamp_min(torch.finfo(P.dtype).tiny)
     # In u = v - margin: minimise 1/2 u'Pu + c'u, u >= 0, with c = q + P (margin * 1).
@@ -213,11 +245,28 @@ def gem_project(g: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, ep
     """
     if memories.numel() == 0 or memories.shape[0] == 0:
         return g, False
-    dots = memories @ g.to(memories.dtype)
-    if not bool((dots < 0).any()):
+    v = gem_coefficients(memories @ g.to(memories.dtype), lambda: memories @ memories.t(), margin=margin, eps=eps)
+    if v is None:
         return g, False
-    v = gem_dual_solve(memories, g, margin=margin, eps=eps)
     return g + (v.to(memories.dtype) @ memories).to(g.dtype), True
+
+
+def gem_coefficients(dots: torch.Tensor, gram, margin: float = 0.5, eps: float = 1e-3) -> torch.Tensor | None:
+    r"""GEM's projection as coefficients: `None` when every constraint holds (`G g >= 0`), otherwise the dual `v*` of
+    [`gem_dual_solve`], so that the projected gradient is `g + G^T v*`.
+
+    Args:
+        dots (`torch.Tensor`): `[K]` the products `G g`.
+        gram (`torch.Tensor` or callable): `[K, K]` `G G^T`, or a function returning it (computed only when a
+            constraint is violated: it is a pass over all `K x P` reference entries).
+        margin (`float`, defaults to 0.5), eps (`float`, defaults to 1e-3): as in [`gem_dual_solve`].
+
+    Returns:
+        `torch.Tensor | None`: `[K]` float64 `v*`, or `None`.
+    """
+    if not bool((dots < 0).any()):
+        return None
+    return gem_dual_from_products(gram() if callable(gram) else gram, dots, margin=margin, eps=eps)
 
 
 # --------------------------------------------------------------------------------------------------- replay draws

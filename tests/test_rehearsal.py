@@ -195,17 +195,34 @@ def test_projection_once_per_optimizer_step_on_the_accumulated_gradient(tmp_path
     spec = get_method(method)
     trainer = _tiny_trainer(spec.trainer_cls, spec.config_cls, tmp_path, gradient_accumulation_steps=2, max_steps=2)
     seen = []
-    original = trainer.project
+    original = trainer.coefficients
 
-    def spy(g, references):
-        # the accumulated gradient of the step, before clipping: the same vector flat_grad reads now
-        torch.testing.assert_close(g, flat_grad(trainer.trainable_parameters()))
+    def spy(dots, references):
+        # G g of the accumulated gradient of the step, before clipping: the one flat_grad reads now
+        g = flat_grad(trainer.trainable_parameters())
+        torch.testing.assert_close(dots, (references @ g).double(), rtol=1e-4, atol=1e-6)
+        v = original(dots, references)
         seen.append((int(trainer.state.global_step), references.shape[0]))
-        return original(g, references)
+        if v is None:  # force a projection: the in-place update below must be checked on every step
+            v = torch.full_like(dots, -0.25)
+        spy.expected = g + (v.to(references.dtype) @ references)  # the flat projection
+        return v
 
-    trainer.project = spy
+    trainer.coefficients = spy
+    original_step = trainer.project_gradients
+
+    def checked_step():
+        changed = original_step()
+        assert changed
+        torch.testing.assert_close(flat_grad(trainer.trainable_parameters()), spy.expected, rtol=1e-5, atol=1e-7)
+        checked.append(True)
+        return changed
+
+    checked = []
+    trainer.project_gradients = checked_step
     trainer.train()
     assert seen == [(0, 1), (1, 1)]  # one projection per optimizer step, one (replay-set) constraint
+    assert len(checked) == 2
 
 
 def test_er_adds_replay_terms_in_one_forward(tmp_path):

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from ...rehearsal import agem_project
+from ...rehearsal import agem_coefficients
 from ..base.rehearsal import GradientProjectionTrainer, ReplayBatch
 
 __all__ = ["AGEMTrainer", "AGEM_PAPER"]
@@ -26,7 +26,7 @@ AGEM_PAPER = {
 class AGEMTrainer(GradientProjectionTrainer):
     r"""A-GEM for CLIP. Once per optimizer step, with `g` the accumulated update gradient (cross-entropy on the
     session's classes) and `g_ref` the gradient of `contrastive(replay pairs) + CE_seen(memory exemplars)` on one
-    replay draw, both flattened over the trainable parameters:
+    replay draw, both vectors over the trainable parameters:
 
     `g <- g - (g . g_ref / g_ref . g_ref) g_ref`   if `g . g_ref < 0`, else unchanged
 
@@ -45,5 +45,5 @@ class AGEMTrainer(GradientProjectionTrainer):
         """One draw of replay pairs and memory exemplars (all earlier sessions together)."""
         return [self.draw(draw)]
 
-    def project(self, g: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        return agem_project(g, references[0])
+    def coefficients(self, dots: torch.Tensor, references: torch.Tensor) -> torch.Tensor | None:
+        return agem_coefficients(dots, float(torch.dot(references[0], references[0])))

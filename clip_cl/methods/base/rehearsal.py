@@ -438,6 +438,20 @@ def update_memory(model, protocol, processor, config: RehearsalConfig, run_dir: 
     return memory.summary()
 
 
+def add_to_grads(params: list[torch.nn.Parameter], references: torch.Tensor, coefficients: list[float]) -> None:
+    """`p.grad += sum_k coefficients[k] * references[k]` over the flat layout of `params` (a missing gradient is
+    zero), in place."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        for k, c in enumerate(coefficients):
+            if c != 0.0:
+                p.grad.add_(references[k, offset:offset + n].view(p.shape).to(p.grad.dtype), alpha=c)
+        offset += n
+
+
 class GradientProjectionTrainer(RehearsalTrainer):
     """Base of A-GEM and GEM: once per optimizer step, on the gradient accumulated over the micro-batches (and
     all-reduced by DDP), compute the reference gradients of the replay data and project the update gradient.
@@ -462,8 +476,10 @@ class GradientProjectionTrainer(RehearsalTrainer):
         """The replay batches whose gradients constrain the update at optimizer step `draw`."""
         raise NotImplementedError
 
-    def project(self, g: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """The projected update gradient `[P]` given the reference gradients `[K, P]`, and whether it changed."""
+    def coefficients(self, dots: torch.Tensor, references: torch.Tensor) -> torch.Tensor | None:
+        """The projection as coefficients `v` (`[K]`, float64): the projected update gradient is `g + sum_k v_k
+        references[k]`; `None` leaves `g` unchanged. `dots` (`[K]`, float64) holds `references @ g`, already
+        divided by the loss scale under fp16."""
         raise NotImplementedError
 
     def reference_gradient(self, batch: ReplayBatch, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -495,9 +511,14 @@ class GradientProjectionTrainer(RehearsalTrainer):
         return buf
 
     def project_gradients(self) -> bool:
-        """Project the accumulated gradient in place (called once per optimizer step). Returns whether it changed."""
-        from ...rehearsal import assign_flat_grad, flat_grad
+        """Project the accumulated gradient in place (called once per optimizer step). Returns whether it changed.
 
+        Every projection of A-GEM and GEM is `g + G^T v` for a few coefficients `v` computed from `G g` (and `G G^T`):
+        so the update gradient is never flattened. `G g` is reduced parameter by parameter over views of the flat
+        reference buffer, and the projection is added into `p.grad` in place: two passes over the update gradient
+        instead of four (flatten, project into a new vector, copy back), which is most of what A-GEM and GEM add to
+        their floor on a CPU (docs/performance.md).
+        """
         batches = [b for b in self.reference_batches(int(self.state.global_step)) if not b.empty]
         if not batches:
             return False
@@ -506,12 +527,19 @@ class GradientProjectionTrainer(RehearsalTrainer):
         references = self._buffer("_reference_buffer", (len(batches), size), device)
         for k, batch in enumerate(batches):
             self.reference_gradient(batch, out=references[k])
-        g = flat_grad(params, out=self._buffer("_update_buffer", (size,), device))
         scaler = getattr(self.accelerator, "scaler", None)
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
-        projected, changed = self.project(g / scale if scale != 1.0 else g, references)
+        dots = torch.zeros(len(batches), dtype=torch.float64, device=device)
+        offset = 0
+        for p in params:  # G g: float32 per parameter, combined in float64
+            n = p.numel()
+            if p.grad is not None:
+                dots += (references[:, offset:offset + n] @ p.grad.detach().reshape(-1).to(references.dtype)).double()
+            offset += n
+        v = self.coefficients(dots / scale, references)
+        changed = v is not None
         if changed:
-            assign_flat_grad(params, projected * scale if scale != 1.0 else projected)
+            add_to_grads(params, references, [float(c) * scale for c in v])
         self._metrics["projected"].append(float(changed))
         return changed
 

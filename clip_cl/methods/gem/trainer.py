@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from ...rehearsal import gem_project
+from ...rehearsal import gem_coefficients
 from ..base.rehearsal import _SESSION, GradientProjectionTrainer, ReplayBatch
 
 __all__ = ["GEMTrainer", "GEM_PAPER"]
@@ -52,5 +52,6 @@ class GEMTrainer(GradientProjectionTrainer):
             batches.append(self.draw(draw, sessions=[]))
         return batches
 
-    def project(self, g: torch.Tensor, references: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        return gem_project(g, references, margin=self.args.gem_margin, eps=self.args.gem_eps)
+    def coefficients(self, dots: torch.Tensor, references: torch.Tensor) -> torch.Tensor | None:
+        return gem_coefficients(dots, lambda: references @ references.t(), margin=self.args.gem_margin,
+                                eps=self.args.gem_eps)
