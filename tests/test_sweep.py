@@ -211,12 +211,16 @@ def test_shipped_sweeps_expand():
 def test_shipped_frontier_sweeps_expand():
     runs = [r for f in ("ost_seeds", "ost", "mst_seeds", "mst")
             for r in expand_sweep(load_sweep(ROOT / "recipes" / "sweeps" / "frontier" / f"{f}.yaml"))]
-    assert len(runs) == 100
+    assert len(runs) == 121
     strengths: dict = {}
     for r in runs:
         strengths.setdefault((r.protocol, r.method), set()).add(r.strength)
-    for method in ("lwf", "vr_lwf", "geodl", "imm", "wise_ft", "zscl", "lora"):
+    for method in ("lwf", "vr_lwf", "geodl", "imm", "wise_ft", "zscl", "lora", "er", "gem"):
         assert len(strengths["ost", method]) == 4 and strengths["ost", method] == strengths["mst", method], method
+    # A-GEM's one knob, the memory, exists only from a second session on: one OST run, four MST strengths
+    assert strengths["ost", "agem"] == {""} and len(strengths["mst", "agem"]) == 4
+    rehearsal = [r for r in runs if r.method in ("er", "agem", "gem")]
+    assert all(r.config["replay_dataset"]["path"] == "data/world/pascal_train" for r in rehearsal)
     seeds = {(r.protocol, r.method): {x.seed for x in runs if (x.protocol, x.method) == (r.protocol, r.method)}
              for r in runs}
     assert all(seeds[p, m] == {0, 1, 2} for p in ("ost", "mst") for m in ("ft", "lwf", "vr_lwf"))
