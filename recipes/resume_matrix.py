@@ -282,13 +282,22 @@ class Launcher:
     def __init__(self, start_method: str, extra: list[str]):
         self.start_method, self.extra = start_method, extra
         self.running: dict[int, tuple[Cell, float, subprocess.Popen | None]] = {}
+        self.child_threads: int | None = None
         if start_method == "fork":
             # Import once here, so that every fork starts with the package, torch and transformers loaded.
+            import torch
+
             import clip_cl.cli  # noqa: F401
             import clip_cl.runner  # noqa: F401
             from clip_cl.methods import list_methods
 
             list_methods()
+            # This process compares the runs' weights with torch ops. With more than one thread those start an
+            # OpenMP thread pool, and a process forked after that hangs in its first parallel region (the pool's
+            # threads do not exist in the fork; libgomp is not fork-safe): the whole matrix stopped, every fork
+            # waiting in a LayerNorm. So this process stays on one thread, and each fork gets the count back.
+            self.child_threads = torch.get_num_threads()
+            torch.set_num_threads(1)
 
     def start(self, cell: Cell) -> None:
         point = cell.stages.pop(0)
@@ -303,6 +312,9 @@ class Launcher:
             if pid == 0:
                 code = 1
                 try:
+                    import torch
+
+                    torch.set_num_threads(self.child_threads)
                     code = child_main(point, argv, log)
                 finally:
                     os._exit(code)

@@ -141,3 +141,28 @@ def test_resume_matrix_refuses_unknown_names(capsys):
         assert matrix.main(args) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, (args, err)
+
+
+def test_resume_matrix_forks_get_the_threads_the_parent_gives_up(tmp_path, monkeypatch):
+    """The matrix's own process compares weights with torch ops; were it multi-threaded, its OpenMP pool would make
+    every later fork hang in its first parallel region. It keeps one thread and hands the count to each fork."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("resume_matrix", ROOT / "recipes" / "resume_matrix.py")
+    matrix = importlib.util.module_from_spec(spec)
+    sys.modules["resume_matrix"] = matrix
+    spec.loader.exec_module(matrix)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        launcher = matrix.Launcher("fork", [])
+        assert torch.get_num_threads() == 1 and launcher.child_threads == 2
+        monkeypatch.setattr(matrix, "child_main", lambda point, argv, log: (
+            (log.parent / "threads").write_text(str(torch.get_num_threads())) and 0))
+        launcher.start(matrix.Cell("ft", None, tmp_path, [None]))
+        cell, code = launcher.wait_one()
+        assert code == 0 and (tmp_path / "threads").read_text() == "2"
+    finally:
+        torch.set_num_threads(before)
