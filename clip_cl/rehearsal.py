@@ -18,7 +18,7 @@ Formulas and the differences from the official CL-CLIP code are in `docs/methods
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,11 @@ __all__ = [
     "MEMORY_FILE",
     "MEMORY_SELECTIONS",
     "ExemplarMemory",
+    "add_to_grads",
     "agem_coefficients",
     "agem_project",
     "assign_flat_grad",
+    "flat_dots",
     "flat_grad",
     "gem_coefficients",
     "gem_dual_from_products",
@@ -103,35 +105,73 @@ def flat_grad(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | Non
     return torch.cat(parts) if out is None else torch.cat(parts, out=out)
 
 
-def assign_flat_grad(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
-    """Write a flat vector back into `p.grad` (in each gradient's dtype), the inverse of [`flat_grad`]."""
+def _flat_views(params: Sequence[torch.Tensor], flat: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`(p, flat[..., slice of p])` in the layout of [`flat_grad`] (the last dimension of `flat` is the flat one)."""
     offset = 0
     for p in params:
         n = p.numel()
-        chunk = flat[offset:offset + n].view_as(p)
+        yield p, flat[..., offset:offset + n]
+        offset += n
+    if offset != flat.shape[-1]:
+        raise ValueError(f"The flat gradient has {flat.shape[-1]} entries but the parameters hold {offset}.")
+
+
+def assign_flat_grad(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
+    """Write a flat vector back into `p.grad` (in each gradient's dtype), the inverse of [`flat_grad`]."""
+    for p, chunk in _flat_views(params, flat):
+        chunk = chunk.view_as(p)
         if p.grad is None:
             p.grad = chunk.to(p.dtype).clone()
         else:
             p.grad.copy_(chunk)
-        offset += n
-    if offset != flat.numel():
-        raise ValueError(f"The flat gradient has {flat.numel()} entries but the parameters hold {offset}.")
+
+
+def flat_dots(params: Sequence[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """`rows @ flat_grad(params)` without building the flat gradient: reduced parameter by parameter over views of
+    `rows` (float32 each, combined in float64); a missing gradient counts as zeros.
+
+    Args:
+        params (`Sequence[torch.Tensor]`): the trainable parameters, in [`flat_grad`]'s order.
+        rows (`torch.Tensor`): `[K, P]` flat vectors (e.g. reference gradients).
+
+    Returns:
+        `torch.Tensor`: `[K]` float64.
+    """
+    dots = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
+    for p, chunk in _flat_views(params, rows):
+        if p.grad is not None:
+            dots += (chunk @ p.grad.detach().reshape(-1).to(rows.dtype)).double()
+    return dots
+
+
+def add_to_grads(params: Sequence[torch.Tensor], rows: torch.Tensor, coefficients: Sequence[float]) -> None:
+    """`p.grad += sum_k coefficients[k] * rows[k]` in [`flat_grad`]'s layout, in place (a missing gradient is zero):
+    a projection `g + G^T v` without building the flat `g`."""
+    for p, chunk in _flat_views(params, rows):
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        for k, c in enumerate(coefficients):
+            if c != 0.0:
+                p.grad.add_(chunk[k].view(p.shape).to(p.grad.dtype), alpha=c)
 
 
 # ------------------------------------------------------------------------------------------------------------ A-GEM
-def agem_coefficients(dots: torch.Tensor, ref_sq: float) -> torch.Tensor | None:
+def agem_coefficients(dots: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor | None:
     r"""A-GEM's projection as a coefficient: the projected gradient is `g + v g_ref` with `v = -(g . g_ref) /
     (g_ref . g_ref)` when `g . g_ref < 0`, and `None` (no projection) otherwise or when `g_ref` is zero.
 
     Args:
         dots (`torch.Tensor`): `[1]` the product `g . g_ref`.
-        ref_sq (`float`): `g_ref . g_ref`.
+        g_ref (`torch.Tensor`): `[P]` the reference gradient (read only when there is a conflict).
 
     Returns:
         `torch.Tensor | None`: `[1]` float64 `v`, or `None`.
     """
     dot = float(dots[0])
-    if not dot < 0 or not ref_sq > 0:
+    if not dot < 0:
+        return None
+    ref_sq = float(torch.dot(g_ref, g_ref))
+    if not ref_sq > 0:
         return None
     return torch.tensor([-dot / ref_sq], dtype=torch.float64)
 
@@ -155,7 +195,7 @@ def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> tuple[torch.Tensor, bo
     """
     if g.shape != g_ref.shape:
         raise ValueError(f"g {tuple(g.shape)} and g_ref {tuple(g_ref.shape)} must have the same shape.")
-    v = agem_coefficients(torch.dot(g, g_ref.to(g.dtype)).double().reshape(1), float(torch.dot(g_ref, g_ref)))
+    v = agem_coefficients(torch.dot(g, g_ref.to(g.dtype)).double().reshape(1), g_ref)
     if v is None:
         return g, False
     return torch.add(g, g_ref.to(g.dtype), alpha=float(v[0])), True
@@ -245,20 +285,21 @@ def gem_project(g: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, ep
     """
     if memories.numel() == 0 or memories.shape[0] == 0:
         return g, False
-    v = gem_coefficients(memories @ g.to(memories.dtype), lambda: memories @ memories.t(), margin=margin, eps=eps)
+    v = gem_coefficients(memories @ g.to(memories.dtype), memories, margin=margin, eps=eps)
     if v is None:
         return g, False
     return g + (v.to(memories.dtype) @ memories).to(g.dtype), True
 
 
-def gem_coefficients(dots: torch.Tensor, gram, margin: float = 0.5, eps: float = 1e-3) -> torch.Tensor | None:
+def gem_coefficients(dots: torch.Tensor, memories: torch.Tensor, margin: float = 0.5, eps: float = 1e-3
+                     ) -> torch.Tensor | None:
     r"""GEM's projection as coefficients: `None` when every constraint holds (`G g >= 0`), otherwise the dual `v*` of
     [`gem_dual_solve`], so that the projected gradient is `g + G^T v*`.
 
     Args:
         dots (`torch.Tensor`): `[K]` the products `G g`.
-        gram (`torch.Tensor` or callable): `[K, K]` `G G^T`, or a function returning it (computed only when a
-            constraint is violated: it is a pass over all `K x P` reference entries).
+        memories (`torch.Tensor`): `[K, P]` the constraint gradients `G`; their Gram matrix (a pass over all `K x P`
+            entries) is computed only when a constraint is violated.
         margin (`float`, defaults to 0.5), eps (`float`, defaults to 1e-3): as in [`gem_dual_solve`].
 
     Returns:
@@ -266,7 +307,7 @@ def gem_coefficients(dots: torch.Tensor, gram, margin: float = 0.5, eps: float =
     """
     if not bool((dots < 0).any()):
         return None
-    return gem_dual_from_products(gram() if callable(gram) else gram, dots, margin=margin, eps=eps)
+    return gem_dual_from_products(memories @ memories.t(), dots, margin=margin, eps=eps)
 
 
 # --------------------------------------------------------------------------------------------------- replay draws

@@ -11,9 +11,11 @@ import torch
 from clip_cl.rehearsal import (
     ExemplarMemory,
     RehearsalError,
+    add_to_grads,
     agem_project,
     assign_flat_grad,
     clip_contrastive_loss,
+    flat_dots,
     flat_grad,
     gem_dual_solve,
     gem_project,
@@ -88,6 +90,19 @@ def test_flat_grad_round_trip_only_trainable():
     assert flat.shape == (10,) and flat[:6].eq(2).all() and flat[6:].eq(0).all()
     assign_flat_grad([a, b], torch.arange(10.0))
     assert a.grad.flatten().tolist() == list(range(6)) and b.grad.tolist() == [6.0, 7.0, 8.0, 9.0]
+
+
+def test_flat_dots_and_add_to_grads_act_as_on_the_flat_gradient():
+    a = torch.nn.Parameter(torch.randn(2, 3))
+    b = torch.nn.Parameter(torch.randn(4))
+    a.grad = torch.randn(2, 3)  # b.grad is None: zeros in the flat layout
+    rows, v = torch.randn(3, 10), [0.5, 0.0, -2.0]
+    g = flat_grad([a, b])
+    torch.testing.assert_close(flat_dots([a, b], rows), (rows @ g).double())
+    add_to_grads([a, b], rows, v)
+    torch.testing.assert_close(flat_grad([a, b]), g + torch.tensor(v) @ rows)
+    with pytest.raises(ValueError, match="10 entries"):
+        flat_dots([a], rows)
 
 
 def test_contrastive_loss_prefers_matching_pairs():

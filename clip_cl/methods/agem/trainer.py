@@ -46,4 +46,4 @@ class AGEMTrainer(GradientProjectionTrainer):
         return [self.draw(draw)]
 
     def coefficients(self, dots: torch.Tensor, references: torch.Tensor) -> torch.Tensor | None:
-        return agem_coefficients(dots, float(torch.dot(references[0], references[0])))
+        return agem_coefficients(dots, references[0])

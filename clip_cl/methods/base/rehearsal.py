@@ -21,7 +21,10 @@ from ...rehearsal import (
     MEMORY_SELECTIONS,
     ExemplarMemory,
     RehearsalError,
+    add_to_grads,
     clip_contrastive_loss,
+    flat_dots,
+    flat_grad,
     replay_indices,
     select_exemplars,
 )
@@ -438,20 +441,6 @@ def update_memory(model, protocol, processor, config: RehearsalConfig, run_dir: 
     return memory.summary()
 
 
-def add_to_grads(params: list[torch.nn.Parameter], references: torch.Tensor, coefficients: list[float]) -> None:
-    """`p.grad += sum_k coefficients[k] * references[k]` over the flat layout of `params` (a missing gradient is
-    zero), in place."""
-    offset = 0
-    for p in params:
-        n = p.numel()
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        for k, c in enumerate(coefficients):
-            if c != 0.0:
-                p.grad.add_(references[k, offset:offset + n].view(p.shape).to(p.grad.dtype), alpha=c)
-        offset += n
-
-
 class GradientProjectionTrainer(RehearsalTrainer):
     """Base of A-GEM and GEM: once per optimizer step, on the gradient accumulated over the micro-batches (and
     all-reduced by DDP), compute the reference gradients of the replay data and project the update gradient.
@@ -493,8 +482,6 @@ class GradientProjectionTrainer(RehearsalTrainer):
         for name, value in terms.items():
             self._metrics[f"ref_{name}"].append(value.detach().float().item())
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        from ...rehearsal import flat_grad
-
         flat = flat_grad(params, grads, out=out)
         if self.accelerator.num_processes > 1:
             flat = self.accelerator.reduce(flat, reduction="mean")
@@ -529,14 +516,7 @@ class GradientProjectionTrainer(RehearsalTrainer):
             self.reference_gradient(batch, out=references[k])
         scaler = getattr(self.accelerator, "scaler", None)
         scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
-        dots = torch.zeros(len(batches), dtype=torch.float64, device=device)
-        offset = 0
-        for p in params:  # G g: float32 per parameter, combined in float64
-            n = p.numel()
-            if p.grad is not None:
-                dots += (references[:, offset:offset + n] @ p.grad.detach().reshape(-1).to(references.dtype)).double()
-            offset += n
-        v = self.coefficients(dots / scale, references)
+        v = self.coefficients(flat_dots(params, references) / scale, references)
         changed = v is not None
         if changed:
             add_to_grads(params, references, [float(c) * scale for c in v])

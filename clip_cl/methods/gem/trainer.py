@@ -53,5 +53,4 @@ class GEMTrainer(GradientProjectionTrainer):
         return batches
 
     def coefficients(self, dots: torch.Tensor, references: torch.Tensor) -> torch.Tensor | None:
-        return gem_coefficients(dots, lambda: references @ references.t(), margin=self.args.gem_margin,
-                                eps=self.args.gem_eps)
+        return gem_coefficients(dots, references, margin=self.args.gem_margin, eps=self.args.gem_eps)
