@@ -74,16 +74,23 @@ def _config_dict(config) -> dict[str, Any]:
 def method_defaults(method: str) -> dict[str, Any]:
     """The settings of a default config of `method`, after the config's own normalisation (cached).
 
-    Building a `TrainingArguments` in a distributed run sets up the process's device state, which takes part in the
-    process group's collectives: the runner calls this on every rank before rank 0 alone writes the model card, so
-    that the ranks' barriers stay in step (a 2-process DDP run hung at its last barrier otherwise).
+    Building a `TrainingArguments` sets up the process's device state, and by default resets accelerate's
+    process-wide state first (transformers' `_setup_devices`). Inside a run that state is the run's: reset by a bare
+    config (no `use_cpu`, so not the run's own devices), it had every rank of a 2-process CPU run believe it was the
+    main process, and both wrote the final model at once. So when a state is configured, the defaults config is told
+    to use it (`use_configured_state`, which leaves the settings compared here unchanged). The runner still calls
+    this on every rank before rank 0 alone writes the model card, so that no rank builds a config the others do not.
     """
+    from accelerate import PartialState
+
     from .methods import get_method
     from .runner import result_config
 
     config_cls = get_method(method).config_cls
+    # The test transformers itself makes before it accepts `use_configured_state`.
+    keep_state = {"accelerator_config": {"use_configured_state": True}} if PartialState._shared_state else {}
     try:
-        return result_config(config_cls(output_dir="clip-cl-defaults"))
+        return result_config(config_cls(output_dir="clip-cl-defaults", **keep_state))
     except (ValueError, TypeError):  # a method config that cannot be built bare: compare with its field defaults
         return {f.name: f.default for f in dataclasses.fields(config_cls) if f.default is not dataclasses.MISSING}
 

@@ -88,3 +88,22 @@ def test_readable_names_and_command():
     assert optimizer_name("sgd") == "SGD" and optimizer_name("some_new_optim") == "some_new_optim"
     assert invocation(["/usr/local/bin/clip-cl", "train", "--config", "a b.yaml"]) == "clip-cl train --config 'a b.yaml'"
     assert invocation(["recipes/train.py", "--config", "c.yaml"]) == "python recipes/train.py --config c.yaml"
+
+
+def test_method_defaults_leave_the_runs_accelerate_state_alone():
+    """A bare config resets accelerate's process-wide state; inside a run (here: a configured CPU state standing in
+    for a DDP run's) the defaults of the model card must not, or every rank takes itself for the main process."""
+    from accelerate import PartialState
+
+    from clip_cl.hub import method_defaults
+    from clip_cl.methods import get_method
+
+    method_defaults.cache_clear()
+    try:
+        state = PartialState(cpu=True)
+        before = dict(PartialState._shared_state)
+        defaults = method_defaults("lwf")
+        assert PartialState._shared_state == before and state.is_main_process
+        assert defaults == result_config(get_method("lwf").config_cls(output_dir="clip-cl-defaults"))
+    finally:
+        method_defaults.cache_clear()
