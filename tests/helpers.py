@@ -14,6 +14,16 @@ def collate(rows):
             "labels": torch.tensor([r["labels"] for r in rows])}
 
 
+def ranks_hold_equal_weights(model) -> bool:
+    """Under a launched process group: whether every rank holds exactly rank 0's parameters (all-gathered)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    return all(torch.equal(gathered[0], other) for other in gathered[1:])
+
+
 def snapshot(model):
     """A detached copy of every parameter, by name."""
     return {k: v.detach().clone() for k, v in model.named_parameters()}

@@ -9,13 +9,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0] + "/tests")
 from conftest import RandomImages  # noqa: E402
+from helpers import collate, ranks_hold_equal_weights  # noqa: E402
 
 from clip_cl import tiny_clip  # noqa: E402
-
-
-def collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
 
 
 def main(out_dir: str, method: str) -> None:
@@ -38,10 +34,7 @@ def main(out_dir: str, method: str) -> None:
                      class_names=["a", "b", "c"], data_collator=collate, replay_dataset=replay)
     assert trainer.accelerator.num_processes == 2, trainer.accelerator.num_processes
     trainer.train()
-    flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
-    gathered = [torch.zeros_like(flat) for _ in range(2)]
-    dist.all_gather(gathered, flat)
-    assert torch.equal(gathered[0], gathered[1]), "ranks diverged: reference gradients were not all-reduced"
+    assert ranks_hold_equal_weights(trainer.model), "ranks diverged: reference gradients were not all-reduced"
     if dist.get_rank() == 0:
         print(f"DDP_REHEARSAL_OK method={method}")
 

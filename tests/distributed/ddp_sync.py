@@ -11,13 +11,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0] + "/tests")
 from conftest import RandomImages  # noqa: E402
+from helpers import collate, ranks_hold_equal_weights, snapshot  # noqa: E402
 
 from clip_cl import tiny_clip  # noqa: E402
-
-
-def collate(rows):
-    return {"pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-            "labels": torch.tensor([r["labels"] for r in rows])}
 
 
 def main(out_dir: str, method: str) -> None:
@@ -25,7 +21,7 @@ def main(out_dir: str, method: str) -> None:
 
     spec = get_method(method)
     model, processor = tiny_clip(seed=0)
-    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    start = snapshot(model)
     args = spec.config_cls(output_dir=out_dir, per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
                            save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True)
     trainer = spec.trainer_cls(model=model, args=args, train_dataset=RandomImages(32, [0, 1, 2]),
@@ -33,10 +29,7 @@ def main(out_dir: str, method: str) -> None:
     assert trainer.accelerator.num_processes == 2, trainer.accelerator.num_processes
     trainer.train()
     model = trainer.model
-    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-    gathered = [torch.zeros_like(flat) for _ in range(2)]
-    dist.all_gather(gathered, flat)
-    assert torch.equal(gathered[0], gathered[1]), "ranks diverged: gradients were not synchronised"
+    assert ranks_hold_equal_weights(model), "ranks diverged: gradients were not synchronised"
     moved = sum(not torch.equal(v, start[k]) for k, v in model.named_parameters())
     assert moved > 0, "no parameter moved"
     if dist.get_rank() == 0:
