@@ -30,7 +30,6 @@ folders, so editing any of them rebuilds the cache instead of serving stale rows
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -44,7 +43,7 @@ import datasets
 from PIL import Image
 
 from .karpathy import karpathy_captions, karpathy_images, missing_images, read_karpathy
-from .specs import check_keys, image_record
+from .specs import check_keys, image_record, stat_fingerprint
 
 __all__ = ["CocoCaptions", "CocoCaptionsConfig", "CocoObjects", "CocoObjectsConfig", "coco_annotation_file",
            "load_coco"]
@@ -119,7 +118,6 @@ def _fingerprint(data_dir: str | None, task: str, split: str | None, year: int =
     invalidate the cache."""
     if not data_dir or not os.path.isdir(data_dir) or year not in _YEARS:
         return None
-    parts = []
     files = [os.path.join(data_dir, "annotations", f"{_KINDS[task]}_{s}{year}.json") for s in ("train", "val")]
     folders = [os.path.join(data_dir, f"{s}{year}") for s in ("train", "val")]
     if split and not karpathy_file:
@@ -130,11 +128,7 @@ def _fingerprint(data_dir: str | None, task: str, split: str | None, year: int =
         files = [os.path.join(data_dir, "annotations", f"{_KINDS[task]}_{s}{year}.json") for s in splits]
         folders = [os.path.join(data_dir, f"{s}{year}") for s in splits]
     karpathy = _karpathy_path(data_dir, karpathy_file)
-    for path in [*files, *folders, *([karpathy] if karpathy else [])]:
-        if os.path.exists(path):
-            st = os.stat(path)
-            parts.append(f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return stat_fingerprint([*files, *folders, *([karpathy] if karpathy else [])])
 
 
 def _available_splits(root: str, task: str, year: int = 2017) -> list[str]:

@@ -21,7 +21,6 @@ reads its `flickr_retri_test.json`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,7 @@ import datasets
 
 from .coco import caption_features
 from .karpathy import KARPATHY_SPLITS, karpathy_captions, karpathy_images, missing_images, read_karpathy
-from .specs import check_keys, image_record
+from .specs import check_keys, image_record, stat_fingerprint
 
 __all__ = ["Flickr30k", "Flickr30kConfig", "load_flickr30k"]
 
@@ -70,12 +69,7 @@ def _fingerprint(root: str | None, karpathy_file: str, image_dir: str) -> str | 
     """Size and modification time of the split file and the image folder, so that edits invalidate the cache."""
     if not root or not os.path.isdir(root):
         return None
-    parts = []
-    for path in (_under(root, karpathy_file), _under(root, image_dir)):
-        if os.path.exists(path):
-            st = os.stat(path)
-            parts.append(f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return stat_fingerprint([_under(root, karpathy_file), _under(root, image_dir)])
 
 
 class Flickr30k(datasets.GeneratorBasedBuilder):

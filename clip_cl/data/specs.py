@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import hashlib
 import logging
 import os
 import re
@@ -151,6 +152,17 @@ class DatasetSpec:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Loading
+
+
+def stat_fingerprint(paths: Iterable[str]) -> str:
+    """A local builder's cache key: the name, size and modification time of each of `paths` that exists, hashed, so
+    that editing an annotation file or an image folder invalidates the `datasets` cache."""
+    parts = []
+    for path in paths:
+        if os.path.exists(path):
+            st = os.stat(path)
+            parts.append(f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def image_record(path: str, name: str, embed: bool) -> dict[str, Any]:
