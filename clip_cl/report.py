@@ -571,14 +571,15 @@ MATCHED_UT = (90.0, 100.0)  # the matched-UT table: kept % interpolated at these
 
 @dataclass
 class Measure:
-    """A retention measure: zero-shot top-1 on a set (`kind="zs"`), or TR@1 / IR@1 on a retrieval set."""
+    """A retention measure: zero-shot top-1 on a set (`kind="zs"`), or TR@K / IR@K on a retrieval set (K = `k`)."""
 
     kind: str
     name: str
+    k: int = 1
 
     @property
     def label(self) -> str:
-        return {"zs": "ZS top-1", "tr": "TR@1", "ir": "IR@1"}[self.kind] + f" {self.name}"
+        return {"zs": "ZS top-1", "tr": f"TR@{self.k}", "ir": f"IR@{self.k}"}[self.kind] + f" {self.name}"
 
     def value_and_chance(self, ev: dict | None, run: RunRecord | None = None) -> tuple[float | None, float | None]:
         """The measure in one evaluation of `run` and its chance level (zero-shot: from the number of class names
@@ -590,8 +591,23 @@ class Measure:
             n = run.zero_shot_classes().get(self.name) if run is not None else None
             return v.get("top1"), (100.0 / n if n else None)
         v = (ev.get("retrieval") or {}).get(self.name) or {}
-        n = v.get("num_images")  # R@1 of a random ranking: one right image (or one of its captions) in num_images
-        return v.get(f"{self.kind}@1"), (100.0 / n if n else None)
+        return v.get(f"{self.kind}@{self.k}"), _random_recall(self.kind, self.k, v.get("num_images"),
+                                                             v.get("num_captions"))
+
+
+def _random_recall(kind: str, k: int, num_images: int | None, num_captions: int | None) -> float | None:
+    """Recall@K (%) of a random ranking: IR@K = K / N; TR@K = P(one of an image's T / N captions in K drawn from T)
+    (both 100 / N at K = 1). None when the set's sizes are not recorded."""
+    if not num_images:
+        return None
+    if kind == "ir" or k == 1:
+        return 100.0 * min(1.0, k / num_images)
+    if not num_captions:
+        return None
+    own, miss = num_captions / num_images, 1.0
+    for i in range(min(k, num_captions)):
+        miss *= max(0.0, 1.0 - own / (num_captions - i))
+    return 100.0 * (1.0 - miss)
 
 
 def kept_percent(after: float | None, before: float | None, chance: float | None) -> float | None:
@@ -683,16 +699,18 @@ def _method_label(method: str, n_points: int) -> str:
     return f"{name} ({STRENGTH_NAMES.get(method, 'strength')})" if n_points > 1 else name
 
 
-def build_frontiers(tables: dict[str, dict[str, list[Row]]]) -> list[Frontier]:
+def build_frontiers(tables: dict[str, dict[str, list[Row]]], recall_at: int = 1) -> list[Frontier]:
     """Kept % against UT-Acc relative to FT, per protocol and variant, one curve per method through its settings.
 
     x of a run: `100 * UT-Acc / mean UT-Acc of the FT runs` of the same protocol and variant. y: [`kept_percent`] of
-    each retention measure (zero-shot top-1 per set, TR@1 and IR@1 per retrieval set) against the run's own starting
+    each retention measure (zero-shot top-1 per set, TR@K and IR@K per retrieval set) against the run's own starting
     evaluation (`before`). Each setting of a method (its rows; seeds pooled) is one point with mean ± std over seeds.
     Unfinished runs are left out. Groups without a finished FT run have no frontier.
 
     Args:
         tables: the output of [`group_runs`].
+        recall_at (`int`, defaults to 1): the K of the retrieval measures (R@1 is the paper's; R@5 or R@10 read what
+            is kept where R@1 sits near the floor, e.g. a 200-image set at R@1 = 5%).
 
     Returns:
         `list[Frontier]`.
@@ -712,7 +730,7 @@ def build_frontiers(tables: dict[str, dict[str, list[Row]]]) -> list[Frontier]:
                     for name in ev.get("zero_shot") or {}:
                         measures.append(Measure("zs", name))
                     for name in ev.get("retrieval") or {}:
-                        measures += [Measure("tr", name), Measure("ir", name)]
+                        measures += [Measure("tr", name, recall_at), Measure("ir", name, recall_at)]
             measures = list({m.label: m for m in measures}.values())
             # One rule per measure: chance-corrected only when every run (and its start) records the chance level.
             chance_known = {m.label: all(m.value_and_chance(ev, r)[1] is not None for row in rows
@@ -922,8 +940,14 @@ def render_report(runs: Sequence[RunRecord], tables: dict[str, dict[str, list[Ro
 
 
 def write_report(runs_dir: str | os.PathLike, output: str | os.PathLike | None = None, *,
-                 figures: bool = True) -> Path:
+                 figures: bool = True, recall_at: int = 1) -> Path:
     """Scan `runs_dir` for runs and write `report.md` (and the figures) to `output` (default: `runs_dir`).
+
+    Args:
+        runs_dir: the folder holding the runs (any depth).
+        output: the folder for `report.md` and the figures.
+        figures (`bool`, defaults to `True`): draw the figures (matplotlib).
+        recall_at (`int`, defaults to 1): the K of the frontiers' retrieval measures ([`build_frontiers`]).
 
     Returns:
         `Path`: the written `report.md`.
@@ -937,7 +961,7 @@ def write_report(runs_dir: str | os.PathLike, output: str | os.PathLike | None =
     if figures and runs:
         figs["fig4"] = draw_fig4(tables, out_dir)
         figs["fig5"] = draw_fig5(tables, out_dir)
-    figs["frontiers"] = [(f, draw_frontier(f, out_dir) if figures else None) for f in build_frontiers(tables)
+    figs["frontiers"] = [(f, draw_frontier(f, out_dir) if figures else None) for f in build_frontiers(tables, recall_at)
                          if f.curves]
     from .io import atomic_write_text
 
@@ -947,7 +971,7 @@ def write_report(runs_dir: str | os.PathLike, output: str | os.PathLike | None =
 
 
 def report_main(argv: Sequence[str] | None = None) -> Path:
-    """`clip-cl report RUNS_DIR [--output DIR] [--no_figures]`."""
+    """`clip-cl report RUNS_DIR [--output DIR] [--no_figures] [--recall_at K]`."""
     parser = argparse.ArgumentParser(
         prog="clip-cl report",
         description="Scan RUNS_DIR (any depth) for results.json files and write report.md: per protocol and variant, "
@@ -957,10 +981,15 @@ def report_main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("runs_dir", help="folder holding the runs (e.g. runs/sweep-quick)")
     parser.add_argument("--output", default=None, help="folder for report.md and the figures (default: RUNS_DIR)")
     parser.add_argument("--no_figures", action="store_true", help="write the tables only (no matplotlib)")
+    parser.add_argument("--recall_at", type=int, default=1, metavar="K",
+                        help="K of the retrieval measures in the frontiers: TR@K / IR@K kept (default 1, the paper's "
+                             "R@1; 5 or 10 where R@1 sits near the floor). The tables and Fig. 5 stay at R@1.")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.recall_at < 1:
+        raise SystemExit(f"error: --recall_at must be at least 1, got {args.recall_at}; pass 1 (R@1), 5 or 10.")
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        path = write_report(args.runs_dir, args.output, figures=not args.no_figures)
+        path = write_report(args.runs_dir, args.output, figures=not args.no_figures, recall_at=args.recall_at)
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
     print(f"Wrote {path}")

@@ -105,3 +105,30 @@ def test_no_frontier_without_ft(tmp_path):
     _run(tmp_path / "runs", "lwf", "lwf", 0, 50.0, 30.0, 9.0, lwf_alpha=0.5)
     assert build_frontiers(group_runs(find_runs(tmp_path / "runs"))) == []
     assert "## Frontiers" not in write_report(tmp_path / "runs", figures=False).read_text()
+
+
+def test_frontier_at_recall_k(sweep, tmp_path):
+    # FT's seed 0 goes from TR@5 / IR@5 30 / 40 (start) to 20 / 25; the other runs keep their stand-in 1.0
+    for file in sweep.glob("*/seed*/results.json"):
+        results = json.loads(file.read_text())
+        for ev in (results["before"], results["sessions"][0]["eval"]):
+            ev["retrieval"]["coco"].update({"tr@5": 30.0, "ir@5": 40.0})
+        if file.parent.parent.name == "ft" and file.parent.name == "seed0":
+            results["sessions"][0]["eval"]["retrieval"]["coco"].update({"tr@5": 20.0, "ir@5": 25.0})
+        file.write_text(json.dumps(results))
+    (frontier,) = build_frontiers(group_runs(find_runs(sweep)), recall_at=5)
+    assert [m.label for m in frontier.measures] == ["ZS top-1 cifar10", "TR@5 coco", "IR@5 coco"]
+    # random ranking of 50 images with 5 of 250 captions each: IR@5 = 5 / 50 = 10%; TR@5 = 1 - prod (1 - 5 / (250 - i))
+    tr_chance = 100 * (1 - (245 / 250) * (244 / 249) * (243 / 248) * (242 / 247) * (241 / 246))
+    ft = frontier.curves["ft"][0]
+    # FT's three seeds pooled: seed 0 lost, seeds 1 and 2 kept everything
+    tr_kept = (100 * (20 - tr_chance) / (30 - tr_chance) + 200) / 3
+    assert ft.kept["TR@5 coco"].mean == pytest.approx(tr_kept)
+    assert ft.kept["IR@5 coco"].mean == pytest.approx((100 * 15 / 30 + 200) / 3)
+    # the CLI takes K and refuses K < 1 with one error line
+    from clip_cl.report import report_main
+
+    md = report_main([str(sweep), "--output", str(tmp_path / "k5"), "--no_figures", "--recall_at", "5"]).read_text()
+    assert "TR@5 coco @ 90% / 100%" in md
+    with pytest.raises(SystemExit, match="^error: --recall_at must be at least 1, got 0"):
+        report_main([str(sweep), "--no_figures", "--recall_at", "0"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from clip_cl.evaluation import continual_metrics, retrieval_recall, topk_accuracy, trajectory_summary
+from clip_cl.evaluation import class_oracle_recall, continual_metrics, retrieval_recall, topk_accuracy, trajectory_summary
 
 # ----------------------------------------------------------------------------- brute-force references
 # Pessimistic ties by construction: candidates are sorted by (-score, is_correct), so among equal scores every wrong
@@ -241,3 +241,29 @@ def test_reference_self_check():
         scores = [scores[p] for p in perm]
         correct = {perm.index(0)}
         assert _first_correct_position(scores, correct) == 1
+
+
+def test_class_oracle_recall_matches_a_simulated_class_level_model():
+    # Unequal classes and caption counts. A simulated model scores a pair 100 when image and caption share a class,
+    # plus iid noise (random order within the class); its recall averaged over many draws is the closed form's.
+    labels = [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    t2i = [i for i, c in enumerate([5, 4, 5, 2, 5, 1, 3, 5, 5]) for _ in range(c)]
+    ks = (1, 2, 5, 30)
+    want = class_oracle_recall(labels, t2i, ks)
+    onehot = torch.nn.functional.one_hot(torch.tensor(labels), 3).double() * 10.0
+    text_class = onehot[torch.tensor(t2i)]
+    gen = torch.Generator().manual_seed(0)
+    trials, got = 3000, {k: 0.0 for k in want}
+    for _ in range(trials):
+        images = torch.cat([onehot, torch.randn(len(labels), 8, generator=gen, dtype=torch.float64)], 1)
+        texts = torch.cat([text_class, torch.randn(len(t2i), 8, generator=gen, dtype=torch.float64)], 1)
+        for k, v in retrieval_recall(images, texts, torch.tensor(t2i), ks).items():
+            got[k] += v / trials
+    for k in want:
+        assert abs(got[k] - want[k]) < 1.5, (k, got[k], want[k])
+    assert want["tr@30"] == 100.0 and want["ir@5"] == 100.0
+    # Pascal-like: 10 images per class, 5 captions each -> R@1 is exactly 10%.
+    assert class_oracle_recall([i // 10 for i in range(200)], [i // 5 for i in range(1000)], (1,)) == \
+        pytest.approx({"tr@1": 10.0, "ir@1": 10.0})
+    with pytest.raises(ValueError, match="at least one caption"):
+        class_oracle_recall([0, 1], [0, 0])

@@ -4,10 +4,11 @@ See `docs/metrics.md` for every definition, the tie rule and the results schema.
 """
 
 from .evaluator import Evaluator, encode_image_dataset, eval_mode, retrieval_eval, updated_task_eval, zero_shot_eval
-from .metrics import continual_metrics, retrieval_recall, topk_accuracy, trajectory_summary
+from .metrics import class_oracle_recall, continual_metrics, retrieval_recall, topk_accuracy, trajectory_summary
 
 __all__ = [
     "Evaluator",
+    "class_oracle_recall",
     "continual_metrics",
     "encode_image_dataset",
     "eval_mode",

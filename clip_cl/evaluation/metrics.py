@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["topk_accuracy", "retrieval_recall", "continual_metrics", "trajectory_summary"]
+__all__ = ["topk_accuracy", "retrieval_recall", "class_oracle_recall", "continual_metrics", "trajectory_summary"]
 
 # Upper bound on the elements of one similarity chunk (64 MiB in float32): 5k images x 25k captions is done in
 # slices of a few hundred rows instead of one 500 MB matrix plus masks of the same shape.
@@ -170,6 +170,55 @@ def retrieval_recall(image_embeds: torch.Tensor, text_embeds: torch.Tensor, text
     out = {f"tr@{k}": _percent(tr[k], num_images) for k in ks}
     out.update({f"ir@{k}": _percent(ir[k], num_texts) for k in ks})
     return out
+
+
+def class_oracle_recall(image_labels: Sequence[int], text_to_image: Sequence[int],
+                        ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Expected Recall@K of a model that knows every image's class exactly and nothing finer.
+
+    Such a model ranks the candidates of the query's class first, in random order among themselves (each class's
+    candidates are interchangeable to it). On a caption set whose images fall into classes (Pascal Sentences: 20 VOC
+    classes) this is the recall that class-level knowledge alone buys; beating it needs instance-level matching.
+
+    - TR@K of an image with `c` captions in a class with `C` captions: `1 - comb(C - c, K) / comb(C, K)` (at least one
+      of its captions among `K` drawn without replacement from its class's).
+    - IR@K of a caption whose image's class has `n` images: `min(1, K / n)`.
+
+    Args:
+        image_labels (`Sequence[int]`): the class of each image, length `N`.
+        text_to_image (`Sequence[int]`): the image index in `[0, N)` of each caption, as in [`retrieval_recall`].
+        ks (`Sequence[int]`, defaults to `(1, 5, 10)`): the values of `K`.
+
+    Returns:
+        `dict[str, float]`: the keys of [`retrieval_recall`], in percent (expected values, not rounded to counts).
+    """
+    from math import comb
+
+    ks = _check_ks(ks)
+    labels = [int(x) for x in image_labels]
+    t2i = [int(x) for x in text_to_image]
+    if not labels or not t2i:
+        raise ValueError("class_oracle_recall needs at least one image and one caption.")
+    if min(t2i) < 0 or max(t2i) >= len(labels):
+        raise ValueError(f"text_to_image must lie in [0, {len(labels)}), got range [{min(t2i)}, {max(t2i)}].")
+    captions = np.bincount(t2i, minlength=len(labels))
+    if (captions == 0).any():
+        raise ValueError("Every image needs at least one caption.")
+    class_captions: dict[int, int] = {}
+    class_images: dict[int, int] = {}
+    for label, c in zip(labels, captions.tolist()):
+        class_captions[label] = class_captions.get(label, 0) + c
+        class_images[label] = class_images.get(label, 0) + 1
+    out = {}
+    for k in ks:
+        # K at or above the class's caption count finds every caption of the class (the comb(C, K) = 0 case).
+        tr = [1.0 - comb(class_captions[y] - c, k) / comb(class_captions[y], k) if k < class_captions[y] else 1.0
+              for y, c in zip(labels, captions.tolist())]
+        out[f"tr@{k}"] = 100.0 * sum(tr) / len(labels)
+    for k in ks:
+        ir = [min(1.0, k / class_images[labels[i]]) for i in t2i]
+        out[f"ir@{k}"] = 100.0 * sum(ir) / len(t2i)
+    return {key: out[key] for key in [f"tr@{k}" for k in ks] + [f"ir@{k}" for k in ks]}
 
 
 def continual_metrics(acc, initial: Sequence[float] | None = None) -> dict[str, float | None]:
