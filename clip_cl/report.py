@@ -34,9 +34,11 @@ __all__ = ["RunRecord", "Row", "Frontier", "find_runs", "build_tables", "build_f
 logger = logging.getLogger(__name__)
 
 # Row order of the tables: Original CLIP, the paper's order, the later methods, then the upper bound.
-METHOD_ORDER = ["original", "ft", "lwf", "geodl", "imm", "rkr", "vr_lwf", "zscl", "wise_ft", "lora", "joint_ft"]
+METHOD_ORDER = ["original", "ft", "lwf", "geodl", "imm", "rkr", "vr_lwf", "zscl", "wise_ft", "lora", "er", "agem",
+                "gem", "joint_ft"]
 DISPLAY = {"original": "Original CLIP", "ft": "FT", "lwf": "LwF", "geodl": "GeoDL", "imm": "IMM", "rkr": "RKR",
-           "vr_lwf": "VR-LwF", "zscl": "ZSCL", "wise_ft": "WiSE-FT", "lora": "LoRA", "joint_ft": "Joint-FT"}
+           "vr_lwf": "VR-LwF", "zscl": "ZSCL", "wise_ft": "WiSE-FT", "lora": "LoRA", "er": "ER", "agem": "A-GEM",
+           "gem": "GEM", "joint_ft": "Joint-FT"}
 BOUNDS = ("original", "joint_ft")  # lower / upper bound of UT-Acc: drawn grey, never bold in the tables
 VARIANT_NAMES = {"WM": "WM (whole model)", "IO": "IO (image encoder only)", "TO": "TO (text encoder only)"}
 VARIANT_ORDER = ["WM", "IO", "TO"]
@@ -230,7 +232,7 @@ def _method_rank(method: str) -> tuple[int, str]:
     if method in METHOD_ORDER:
         rank = METHOD_ORDER.index(method)
         return (rank if method != "joint_ft" else len(METHOD_ORDER) + 1, method)
-    return (len(METHOD_ORDER), method)  # unknown methods: after LoRA, before Joint-FT
+    return (len(METHOD_ORDER), method)  # unknown methods: after GEM, before Joint-FT
 
 
 def _short(value: Any) -> str:
@@ -560,12 +562,15 @@ def draw_fig5(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
 STRENGTH_KEYS: dict[str, tuple[str, ...]] = {
     "lwf": ("lwf_alpha",), "vr_lwf": ("vr_lambda",), "geodl": ("geodl_weight",), "imm": ("imm_alpha",),
     "wise_ft": ("wise_alpha",), "zscl": ("zscl_image_loss_weight", "zscl_text_loss_weight", "zscl_l2_weight"),
-    "lora": ("lora_r",), "er": ("replay_weight", "memory_size"), "agem": ("memory_size",), "gem": ("memory_size",),
+    "lora": ("lora_r",), "er": ("replay_weight", "memory_size"), "agem": ("memory_size",),
+    "gem": ("gem_margin", "memory_size"),
 }
-# Short names of the knobs for legends and tables.
-STRENGTH_NAMES: dict[str, str] = {"lwf": "α", "vr_lwf": "λ", "geodl": "weight", "imm": "α", "wise_ft": "α",
-                                  "zscl": "loss weights", "lora": "rank", "er": "replay", "agem": "memory",
-                                  "gem": "memory"}
+# Short names of the knobs for legends and tables; a method's label names the knobs its settings vary.
+KNOB_NAMES: dict[str, str] = {"lwf_alpha": "α", "vr_lambda": "λ", "geodl_weight": "weight", "imm_alpha": "α",
+                              "wise_alpha": "α", "zscl_image_loss_weight": "loss weights",
+                              "zscl_text_loss_weight": "loss weights", "zscl_l2_weight": "loss weights",
+                              "lora_r": "rank", "replay_weight": "replay weight", "memory_size": "memory",
+                              "gem_margin": "margin"}
 MATCHED_UT = (90.0, 100.0)  # the matched-UT table: kept % interpolated at these % of FT's UT-Acc
 
 
@@ -679,12 +684,29 @@ class Frontier:
     curves: dict[str, list[FrontierPoint]]  # method -> points sorted by x
     start_x: float | None  # the starting model's UT-Acc relative to FT
     chance_known: dict[str, bool]  # measure label -> chance level recorded (else kept % is the plain ratio)
+    knobs: dict[str, str] = field(default_factory=dict)  # method -> the name of the knob its points vary
 
     def matched(self, method: str, measure: Measure, x0: float) -> float | None:
         """Kept % of `method` on `measure` at `x0` % of FT's UT-Acc, on its mean curve (None: not reached)."""
         pts = [(p.x.mean, p.kept[measure.label].mean) for p in self.curves.get(method, [])
                if measure.label in p.kept and p.kept[measure.label].mean is not None]
         return interpolate_at(pts, x0)
+
+    def _points(self, measure: Measure) -> list[tuple[str, FrontierPoint, float, float]]:
+        return [(method, p, p.x.mean, p.kept[measure.label].mean) for method, pts in self.curves.items() for p in pts
+                if p.x.mean is not None and measure.label in p.kept and p.kept[measure.label].mean is not None]
+
+    def pareto(self, measure: Measure) -> list[tuple[str, FrontierPoint]]:
+        """The mean points (method, strength) that no other point beats on both UT-Acc and kept % of `measure`
+        (at least as high on both and higher on one), in order of UT-Acc."""
+        pts = self._points(measure)
+        front = [(m, p, x, y) for m, p, x, y in pts
+                 if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for _, _, x2, y2 in pts)]
+        return [(m, p) for m, p, _, _ in sorted(front, key=lambda t: t[2])]
+
+    def reaching(self, measure: Measure, min_x: float = 90.0, min_kept: float = 90.0) -> list[tuple[str, FrontierPoint]]:
+        """The mean points with UT-Acc ≥ `min_x` % of FT's and kept % of `measure` ≥ `min_kept`."""
+        return [(m, p) for m, p, x, y in self._points(measure) if x >= min_x and y >= min_kept]
 
 
 def _strength_label(run: RunRecord, keys: Sequence[str]) -> str:
@@ -694,9 +716,16 @@ def _strength_label(run: RunRecord, keys: Sequence[str]) -> str:
     return ", ".join(values)
 
 
-def _method_label(method: str, n_points: int) -> str:
+def _method_label(method: str, n_points: int, knob: str = "strength") -> str:
     name = DISPLAY.get(method, method)
-    return f"{name} ({STRENGTH_NAMES.get(method, 'strength')})" if n_points > 1 else name
+    return f"{name} ({knob})" if n_points > 1 else name
+
+
+def _varying_keys(method: str, configs: Sequence[dict]) -> list[str]:
+    """The strength keys of `method` whose values differ between its settings (all present ones if none differ)."""
+    keys = [k for k in STRENGTH_KEYS.get(method, ()) if any(k in c for c in configs)]
+    varying = [k for k in keys if len({_short(c.get(k)) for c in configs}) > 1]
+    return varying or keys[:1]
 
 
 def build_frontiers(tables: dict[str, dict[str, list[Row]]], recall_at: int = 1) -> list[Frontier]:
@@ -738,6 +767,11 @@ def build_frontiers(tables: dict[str, dict[str, list[Row]]], recall_at: int = 1)
                                          if ev) for m in measures}
             curves: dict[str, list[FrontierPoint]] = {}
             starts = []
+            configs: dict[str, list[dict]] = {}
+            for row in rows:
+                if finished[id(row)]:
+                    configs.setdefault(row.method, []).append(finished[id(row)][0].results.get("config") or {})
+            strength_keys = {method: _varying_keys(method, cfgs) for method, cfgs in configs.items()}
             for row in rows:
                 runs = finished[id(row)]
                 if row.method == "original" or not runs:
@@ -752,14 +786,42 @@ def build_frontiers(tables: dict[str, dict[str, list[Row]]], recall_at: int = 1)
                         after, chance = m.value_and_chance(ev, r)
                         start, _ = m.value_and_chance(before, r)
                         kept[m.label].append(kept_percent(after, start, chance if chance_known[m.label] else None))
-                keys = [k for k in STRENGTH_KEYS.get(row.method, ()) if k in (runs[0].results.get("config") or {})]
+                keys = strength_keys.get(row.method, [])
                 point = FrontierPoint(_strength_label(runs[0], keys) if keys else "", Stat.of(xs),
                                       {k: Stat.of(v) for k, v in kept.items()}, len(runs))
                 curves.setdefault(row.method, []).append(point)
             for method in curves:
                 curves[method].sort(key=lambda p: p.x.mean if p.x.mean is not None else math.inf)
-            out.append(Frontier(protocol, variant, ft_ut, measures, curves, Stat.of(starts).mean, chance_known))
+            knobs = {method: " / ".join(dict.fromkeys(KNOB_NAMES.get(k, k) for k in keys)) or "strength"
+                     for method, keys in strength_keys.items()}
+            out.append(Frontier(protocol, variant, ft_ut, measures, curves, Stat.of(starts).mean, chance_known,
+                                knobs))
     return out
+
+
+def _point_names(points: Sequence[tuple[str, FrontierPoint]], knobs: dict[str, str]) -> str:
+    """`VR-LwF (λ 0.5, 2), FT`: the methods of `points` in order of first appearance, with their strengths."""
+    by_method: dict[str, list[str]] = {}
+    for method, point in points:
+        by_method.setdefault(method, []).append(point.strength)
+    parts = []
+    for method, strengths in by_method.items():
+        name = DISPLAY.get(method, method)
+        named = [s for s in strengths if s]
+        parts.append(f"{name} ({knobs.get(method, 'strength')} {', '.join(named)})" if named else name)
+    return ", ".join(parts) if parts else "none"
+
+
+def render_front_lines(frontier: Frontier) -> list[str]:
+    """Markdown bullets per measure: the Pareto front of the mean points, and the points that keep ≥ 90% at ≥ 90% of
+    FT's UT-Acc."""
+    lines = ["Per measure, over the mean points: **front** = the points no other point beats on both UT-Acc and kept "
+             "% (in order of UT-Acc); **≥ 90 / 90** = the points that keep at least 90% at 90% or more of FT's "
+             "UT-Acc.", ""]
+    for m in frontier.measures:
+        lines.append(f"- {m.label}: front {_point_names(frontier.pareto(m), frontier.knobs)}; "
+                     f"≥ 90 / 90: {_point_names(frontier.reaching(m), frontier.knobs)}")
+    return lines
 
 
 def render_matched_table(frontier: Frontier) -> list[str]:
@@ -776,7 +838,7 @@ def render_matched_table(frontier: Frontier) -> list[str]:
         for m in frontier.measures:
             values = [frontier.matched(method, m, x0) for x0 in MATCHED_UT]
             cells.append(" / ".join("n.r." if v is None else f"{v:.1f}" for v in values))
-        label = _method_label(method, len(pts))
+        label = _method_label(method, len(pts), frontier.knobs.get(method, "strength"))
         lines.append(f"| {label} | {len(pts)} | {rng} | " + " | ".join(cells) + " |")
     return lines
 
@@ -822,7 +884,7 @@ def draw_frontier(frontier: Frontier, out_dir: Path) -> tuple[list[Path], str]:
         ax.margins(0.08)
     handles = [Line2D([], [], color=colors.get(k), marker=markers.get(k, "o"), markeredgecolor="black",
                       markeredgewidth=0.5, linestyle="-" if k != "joint_ft" else "none") for k in methods]
-    labels = [_method_label(k, len(frontier.curves[k])) for k in methods]
+    labels = [_method_label(k, len(frontier.curves[k]), frontier.knobs.get(k, "strength")) for k in methods]
     fig.legend(handles, labels, loc="outside right center", frameon=False, title="Method (strength knob)")
     start = (f"; starting model at {frontier.start_x:.0f}%, kept 100%" if frontier.start_x is not None else "")
     fig.suptitle(f"Frontiers - {frontier.protocol.upper()} · {frontier.variant}: what is kept against UT-Acc "
@@ -905,7 +967,7 @@ def render_report(runs: Sequence[RunRecord], tables: dict[str, dict[str, list[Ro
         lines += ["## Frontiers: what each method keeps against UT-Acc", "",
                   "Kept % = `100 * (after - chance) / (before - chance)` of each retention measure (the share of the "
                   "starting model's above-chance score that is left; chance = 1 / classes for zero-shot top-1, "
-                  "1 / images for R@1); x = UT-Acc as % of FT's mean UT-Acc. Each table cell reads a method's curve "
+                  "a random ranking's recall for retrieval); x = UT-Acc as % of FT's mean UT-Acc. Each table cell reads a method's curve "
                   "(means over seeds, linear between its strengths, never extrapolated) at "
                   f"{' and '.join(f'{x:g}%' for x in MATCHED_UT)} of FT's UT-Acc; **n.r.**: the curve does not reach "
                   "that UT-Acc (its strengths span the range in the third column).", ""]
@@ -913,6 +975,7 @@ def render_report(runs: Sequence[RunRecord], tables: dict[str, dict[str, list[Ro
             lines += [f"### {frontier.protocol.upper()} · {VARIANT_NAMES.get(frontier.variant, frontier.variant)} "
                       f"(FT's UT-Acc {frontier.ft_ut:.2f}%)", ""]
             lines += render_matched_table(frontier)
+            lines += [""] + render_front_lines(frontier)
             raw = [label for label, known in frontier.chance_known.items() if not known]
             if raw:
                 lines += ["", "Chance level not recorded for " + ", ".join(raw) + " (no class names in a run's "

@@ -132,3 +132,22 @@ def test_frontier_at_recall_k(sweep, tmp_path):
     assert "TR@5 coco @ 90% / 100%" in md
     with pytest.raises(SystemExit, match="^error: --recall_at must be at least 1, got 0"):
         report_main([str(sweep), "--no_figures", "--recall_at", "0"])
+
+
+def test_pareto_front_and_knob_labels(sweep, tmp_path):
+    # GEM varies its margin at a fixed memory: its points are labelled by the margin alone
+    _run(sweep, "gem_0", "gem", 0, 30.0, 38.0, 12.0, gem_margin=0.0, memory_size=200)
+    _run(sweep, "gem_2", "gem", 0, 24.0, 39.0, 12.0, gem_margin=2.0, memory_size=200)
+    (frontier,) = build_frontiers(group_runs(find_runs(sweep)))
+    assert frontier.knobs["gem"] == "margin" and [p.strength for p in frontier.curves["gem"]] == ["2.0", "0.0"]
+    cifar = frontier.measures[0]
+    # mean points (x, kept): FT (100, 50), LwF 0.5 (95, 80) and 2 (80, 90), VR-LwF 0.1 (102, 70) and 0.5 (98, 80),
+    # GEM 2 (40, 96.7) and 0 (50, 93.3). LwF 0.5 is beaten by VR-LwF 0.5 (higher x, same kept), FT by VR-LwF 0.1.
+    front = [(m, p.strength) for m, p in frontier.pareto(cifar)]
+    assert front == [("gem", "2.0"), ("gem", "0.0"), ("lwf", "2.0"), ("vr_lwf", "0.5"), ("vr_lwf", "0.1")]
+    assert frontier.reaching(cifar) == []
+    assert [(m, p.strength) for m, p in frontier.reaching(cifar, 75.0, 85.0)] == [("lwf", "2.0")]
+    md = write_report(sweep, tmp_path / "out", figures=False).read_text()
+    assert ("- ZS top-1 cifar10: front GEM (margin 2.0, 0.0), LwF (α 2.0), VR-LwF (λ 0.5, 0.1); ≥ 90 / 90: none"
+            in md)
+    assert "| GEM (margin) | 2 |" in md
