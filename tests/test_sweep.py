@@ -227,3 +227,16 @@ def test_shipped_frontier_sweeps_expand():
     assert all(r.config["num_sessions"] == 5 for r in runs if r.protocol == "mst")
     assert all(any(d["path"] == "data/world/tiny_imagenet_heldout" for d in r.config["zero_shot_datasets"])
                for r in runs)
+
+
+def test_ost_best_seeds_match_the_seed0_runs():
+    # seeds 1, 2 of ER and GeoDL: the configs of ost.yaml's runs but for the seed, so the report pools them
+    frontier = ROOT / "recipes" / "sweeps" / "frontier"
+    best = expand_sweep(load_sweep(frontier / "ost_best_seeds.yaml"))
+    seed0 = {(r.method, r.strength): r for r in expand_sweep(load_sweep(frontier / "ost.yaml"))}
+    assert len(best) == 16 and {r.seed for r in best} == {1, 2} and {r.method for r in best} == {"geodl", "er"}
+    drop = ("seed", "output_dir")
+    for r in best:
+        ref = seed0[r.method, r.strength]
+        assert {k: v for k, v in r.config.items() if k not in drop} == \
+            {k: v for k, v in ref.config.items() if k not in drop}, (r.method, r.strength)
