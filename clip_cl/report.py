@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunRecord", "Row", "Frontier", "find_runs", "build_tables", "build_frontiers", "interpolate_at",
-           "kept_percent", "write_report", "report_main", "METHOD_ORDER"]
+__all__ = ["RunRecord", "Row", "Frontier", "find_runs", "build_tables", "build_frontiers", "identical_curves",
+           "interpolate_at", "kept_percent", "write_report", "report_main", "METHOD_ORDER"]
 
 logger = logging.getLogger(__name__)
 
@@ -821,7 +821,25 @@ def render_front_lines(frontier: Frontier) -> list[str]:
     for m in frontier.measures:
         lines.append(f"- {m.label}: front {_point_names(frontier.pareto(m), frontier.knobs)}; "
                      f"≥ 90 / 90: {_point_names(frontier.reaching(m), frontier.knobs)}")
+    for group in identical_curves(frontier):
+        names = [DISPLAY.get(method, method) for method in group]
+        lines += ["", f"{' and '.join(names)} have identical points on every measure: the figure draws "
+                      f"{names[0]} under {names[-1]}."]
     return lines
+
+
+def identical_curves(frontier: Frontier) -> list[list[str]]:
+    """Groups of methods (two or more) whose curves have the same points on every measure, e.g. IMM and WiSE-FT in
+    one session, where both interpolate the starting and fine-tuned weights."""
+    def key(method: str):
+        return tuple((round(p.x.mean, 9), tuple(round(p.kept[m.label].mean, 9) if p.kept.get(m.label) and
+                                                  p.kept[m.label].mean is not None else None
+                                                  for m in frontier.measures))
+                     for p in frontier.curves[method] if p.x.mean is not None)
+    groups: dict = {}
+    for method in sorted(frontier.curves, key=_method_rank):
+        groups.setdefault(key(method), []).append(method)
+    return [g for k, g in groups.items() if len(g) > 1 and k]
 
 
 def render_matched_table(frontier: Frontier) -> list[str]:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from clip_cl.report import build_frontiers, find_runs, group_runs, interpolate_at, kept_percent, write_report
+from clip_cl.report import (build_frontiers, find_runs, group_runs, identical_curves, interpolate_at, kept_percent,
+                            write_report)
 
 
 def _eval(ut, cifar, coco_tr):
@@ -151,3 +152,20 @@ def test_pareto_front_and_knob_labels(sweep, tmp_path):
     assert ("- ZS top-1 cifar10: front GEM (margin 2.0, 0.0), LwF (α 2.0), VR-LwF (λ 0.5, 0.1); ≥ 90 / 90: none"
             in md)
     assert "| GEM (margin) | 2 |" in md
+
+
+def test_identical_curves_are_named(sweep, tmp_path):
+    # IMM and WiSE-FT with the same numbers (one session: the same interpolation) are drawn on top of each other
+    for method, key in (("imm", "imm_alpha"), ("wise_ft", "wise_alpha")):
+        _run(sweep, f"{method}_0.5", method, 0, 45.0, 36.0, 11.0, **{key: 0.5})
+        _run(sweep, f"{method}_0.3", method, 0, 30.0, 38.0, 11.5, **{key: 0.3})
+    (frontier,) = build_frontiers(group_runs(find_runs(sweep)))
+    assert identical_curves(frontier) == [["imm", "wise_ft"]]
+    md = write_report(sweep, tmp_path / "out", figures=False).read_text()
+    assert "IMM and WiSE-FT have identical points on every measure: the figure draws IMM under WiSE-FT." in md
+    # one differing value separates them
+    file = next(sweep.glob("wise_ft_0.3/seed0/results.json"))
+    results = json.loads(file.read_text())
+    results["sessions"][0]["eval"]["retrieval"]["coco"]["ir@1"] = 10.0
+    file.write_text(json.dumps(results))
+    assert identical_curves(build_frontiers(group_runs(find_runs(sweep)))[0]) == []
