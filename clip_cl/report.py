@@ -369,12 +369,16 @@ def _markers(methods: Sequence[str]) -> dict[str, str]:
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
     fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    # A fixed salt and no date: the same runs give the same SVG bytes (matplotlib's ids are random otherwise), so a
+    # regenerated report in git changes only where the results do.
+    with matplotlib.rc_context({"svg.hashsalt": "clip-cl"}):
+        fig.savefig(paths[1], metadata={"Date": None})
     return paths
 
 

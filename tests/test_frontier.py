@@ -169,3 +169,10 @@ def test_identical_curves_are_named(sweep, tmp_path):
     results["sessions"][0]["eval"]["retrieval"]["coco"]["ir@1"] = 10.0
     file.write_text(json.dumps(results))
     assert identical_curves(build_frontiers(group_runs(find_runs(sweep)))[0]) == []
+
+
+def test_figures_are_byte_identical_when_regenerated(sweep, tmp_path):
+    write_report(sweep, tmp_path / "a")
+    write_report(sweep, tmp_path / "b")
+    for name in ("frontier_ost_WM.svg", "frontier_ost_WM.png", "fig5_retrieval.svg"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
