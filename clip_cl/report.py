@@ -692,11 +692,10 @@ class Frontier:
 
     def matched(self, method: str, measure: Measure, x0: float) -> float | None:
         """Kept % of `method` on `measure` at `x0` % of FT's UT-Acc, on its mean curve (None: not reached)."""
-        pts = [(p.x.mean, p.kept[measure.label].mean) for p in self.curves.get(method, [])
-               if measure.label in p.kept and p.kept[measure.label].mean is not None]
-        return interpolate_at(pts, x0)
+        return interpolate_at([(x, y) for m, _, x, y in self._points(measure) if m == method], x0)
 
     def _points(self, measure: Measure) -> list[tuple[str, FrontierPoint, float, float]]:
+        """`(method, point, x, kept)` of every mean point that has both values."""
         return [(method, p, p.x.mean, p.kept[measure.label].mean) for method, pts in self.curves.items() for p in pts
                 if p.x.mean is not None and measure.label in p.kept and p.kept[measure.label].mean is not None]
 
@@ -708,7 +707,8 @@ class Frontier:
                  if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for _, _, x2, y2 in pts)]
         return [(m, p) for m, p, _, _ in sorted(front, key=lambda t: t[2])]
 
-    def reaching(self, measure: Measure, min_x: float = 90.0, min_kept: float = 90.0) -> list[tuple[str, FrontierPoint]]:
+    def reaching(self, measure: Measure, min_x: float = 90.0,
+                 min_kept: float = 90.0) -> list[tuple[str, FrontierPoint]]:
         """The mean points with UT-Acc ≥ `min_x` % of FT's and kept % of `measure` ≥ `min_kept`."""
         return [(m, p) for m, p, x, y in self._points(measure) if x >= min_x and y >= min_kept]
 
@@ -989,8 +989,8 @@ def render_report(runs: Sequence[RunRecord], tables: dict[str, dict[str, list[Ro
         lines += ["## Frontiers: what each method keeps against UT-Acc", "",
                   "Kept % = `100 * (after - chance) / (before - chance)` of each retention measure (the share of the "
                   "starting model's above-chance score that is left; chance = 1 / classes for zero-shot top-1, "
-                  "a random ranking's recall for retrieval); x = UT-Acc as % of FT's mean UT-Acc. Each table cell reads a method's curve "
-                  "(means over seeds, linear between its strengths, never extrapolated) at "
+                  "a random ranking's recall for retrieval); x = UT-Acc as % of FT's mean UT-Acc. Each table cell "
+                  "reads a method's curve (means over seeds, linear between its strengths, never extrapolated) at "
                   f"{' and '.join(f'{x:g}%' for x in MATCHED_UT)} of FT's UT-Acc; **n.r.**: the curve does not reach "
                   "that UT-Acc (its strengths span the range in the third column).", ""]
         for frontier, drawn in frontiers:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from clip_cl.evaluation import class_oracle_recall, continual_metrics, retrieval_recall, topk_accuracy, trajectory_summary
+from clip_cl.evaluation import (class_oracle_recall, continual_metrics, retrieval_recall, topk_accuracy,
+                                trajectory_summary)
 
 # ----------------------------------------------------------------------------- brute-force references
 # Pessimistic ties by construction: candidates are sorted by (-score, is_correct), so among equal scores every wrong

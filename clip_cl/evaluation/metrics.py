@@ -204,21 +204,22 @@ def class_oracle_recall(image_labels: Sequence[int], text_to_image: Sequence[int
     captions = np.bincount(t2i, minlength=len(labels))
     if (captions == 0).any():
         raise ValueError("Every image needs at least one caption.")
+    captions = captions.tolist()
     class_captions: dict[int, int] = {}
     class_images: dict[int, int] = {}
-    for label, c in zip(labels, captions.tolist()):
+    for label, c in zip(labels, captions):
         class_captions[label] = class_captions.get(label, 0) + c
         class_images[label] = class_images.get(label, 0) + 1
     out = {}
     for k in ks:
         # K at or above the class's caption count finds every caption of the class (the comb(C, K) = 0 case).
         tr = [1.0 - comb(class_captions[y] - c, k) / comb(class_captions[y], k) if k < class_captions[y] else 1.0
-              for y, c in zip(labels, captions.tolist())]
+              for y, c in zip(labels, captions)]
         out[f"tr@{k}"] = 100.0 * sum(tr) / len(labels)
     for k in ks:
         ir = [min(1.0, k / class_images[labels[i]]) for i in t2i]
         out[f"ir@{k}"] = 100.0 * sum(ir) / len(t2i)
-    return {key: out[key] for key in [f"tr@{k}" for k in ks] + [f"ir@{k}" for k in ks]}
+    return out
 
 
 def continual_metrics(acc, initial: Sequence[float] | None = None) -> dict[str, float | None]:
