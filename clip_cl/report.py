@@ -7,7 +7,8 @@ Writes `report.md` with
 - Fig. 5 (`fig5_retrieval.png/.svg`): TR@1 against IR@1, one panel per retrieval set and protocol;
 - frontiers (`frontier_<protocol>_<variant>.png/.svg`): per protocol and retention measure, kept % against UT-Acc
   relative to FT, one curve per method through its strengths, and a table of what each method keeps at matched UT-Acc
-  (90% and 100% of FT's);
+  (90% and 100% of FT's); `frontier_<protocol>_<variant>_near_ft.png/.svg` repeats them from 80% of FT's UT-Acc on,
+  where curves that end near FT crowd the full view;
 - the definitions of the metrics, and every run with its status, fingerprint and command.
 
 matplotlib is imported only when figures are drawn (with the Agg canvas, no pyplot state), so `import clip_cl` and
@@ -427,6 +428,8 @@ def draw_fig4(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
     handles: dict[str, Any] = {}
     max_x = 1
     for col, variant in enumerate(variants):
+        # A sweep over strengths: one legend entry per method, each line's strength written at its last point.
+        strengths, knobs = _settings_of(by_variant[variant])
         for row_i, (metric, ylabel) in enumerate((("ut", "UT-Acc (%)"), ("zs", zs_label))):
             ax = axes[row_i][col]
             for row in by_variant[variant]:
@@ -443,6 +446,10 @@ def draw_fig4(tables: dict[str, dict[str, list[Row]]], out_dir: Path) -> tuple[l
                                  marker=markers.get(row.method, "o"), markersize=5)
                 label = row.label + (" (lower bound)" if row.method == "original" else
                                      " (upper bound)" if row.method == "joint_ft" else "")
+                if row.method in knobs:
+                    label = _method_label(row.method, 2, knobs[row.method])
+                    ax.annotate(strengths.get(id(row), ""), (xs[-1], means[-1]), textcoords="offset points",
+                                xytext=(4, 0), fontsize=6, color=style["color"], va="center")
                 (line,) = ax.plot(xs, means, label=label, **style)
                 if any(stds):
                     lo = [m - s for m, s in zip(means, stds)]
@@ -576,6 +583,7 @@ KNOB_NAMES: dict[str, str] = {"lwf_alpha": "α", "vr_lambda": "λ", "geodl_weigh
                               "lora_r": "rank", "replay_weight": "replay weight", "memory_size": "memory",
                               "gem_margin": "margin"}
 MATCHED_UT = (90.0, 100.0)  # the matched-UT table: kept % interpolated at these % of FT's UT-Acc
+NEAR_FT_FROM = 80.0  # the near-FT frontier figure shows x >= this (% of FT's UT-Acc)
 
 
 @dataclass
@@ -732,6 +740,23 @@ def _varying_keys(method: str, configs: Sequence[dict]) -> list[str]:
     return varying or keys[:1]
 
 
+def _knob_name(keys: Sequence[str]) -> str:
+    """What a method's settings vary, for labels: "α", "loss weights", ... (`KNOB_NAMES`)."""
+    return " / ".join(dict.fromkeys(KNOB_NAMES.get(k, k) for k in keys)) or "strength"
+
+
+def _settings_of(rows: Sequence[Row]) -> tuple[dict[int, str], dict[str, str]]:
+    """For methods with several rows (a sweep over strengths): each row's strength label and each method's knob."""
+    configs: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.runs:
+            configs.setdefault(row.method, []).append(row.runs[0].results.get("config") or {})
+    keys = {m: k for m, c in configs.items() if len(c) > 1 and (k := _varying_keys(m, c))}  # else: per-row labels
+    strengths = {id(row): _strength_label(row.runs[0], keys[row.method]) for row in rows
+                 if row.method in keys and row.runs}
+    return strengths, {m: _knob_name(k) for m, k in keys.items()}
+
+
 def build_frontiers(tables: dict[str, dict[str, list[Row]]], recall_at: int = 1) -> list[Frontier]:
     """Kept % against UT-Acc relative to FT, per protocol and variant, one curve per method through its settings.
 
@@ -796,8 +821,7 @@ def build_frontiers(tables: dict[str, dict[str, list[Row]]], recall_at: int = 1)
                 curves.setdefault(row.method, []).append(point)
             for method in curves:
                 curves[method].sort(key=lambda p: p.x.mean if p.x.mean is not None else math.inf)
-            knobs = {method: " / ".join(dict.fromkeys(KNOB_NAMES.get(k, k) for k in keys)) or "strength"
-                     for method, keys in strength_keys.items()}
+            knobs = {method: _knob_name(keys) for method, keys in strength_keys.items()}
             out.append(Frontier(protocol, variant, ft_ut, measures, curves, Stat.of(starts).mean, chance_known,
                                 knobs))
     return out
@@ -865,12 +889,27 @@ def render_matched_table(frontier: Frontier) -> list[str]:
     return lines
 
 
-def draw_frontier(frontier: Frontier, out_dir: Path) -> tuple[list[Path], str]:
-    """Kept % (y) against UT-Acc relative to FT (x), one panel per retention measure, one curve per method."""
+def draw_frontier(frontier: Frontier, out_dir: Path, near_ft: bool = False) -> tuple[list[Path], str] | None:
+    """Kept % (y) against UT-Acc relative to FT (x), one panel per retention measure, one curve per method.
+
+    Args:
+        frontier: the curves ([`build_frontiers`]).
+        out_dir: folder for `frontier_<protocol>_<variant>.png/.svg`.
+        near_ft (`bool`, defaults to `False`): draw only x >= `NEAR_FT_FROM` (the region the matched-UT table reads,
+            where curves that end near FT crowd the full figure) into `..._near_ft.png/.svg`, each panel's y range
+            fitted to the points shown there.
+
+    Returns:
+        `(paths, caption)`, or `None` for `near_ft` when no point lies left of `NEAR_FT_FROM` (the full figure is
+        already that view).
+    """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     measures = frontier.measures
+    xs_all = [p.x.mean for pts in frontier.curves.values() for p in pts if p.x.mean is not None]
+    if near_ft and (not xs_all or min(xs_all) >= NEAR_FT_FROM):
+        return None
     ncols = min(3, len(measures))
     nrows = math.ceil(len(measures) / ncols)
     methods = sorted(frontier.curves, key=_method_rank)
@@ -880,6 +919,7 @@ def draw_frontier(frontier: Frontier, out_dir: Path) -> tuple[list[Path], str]:
     for ax in axes.flat[len(measures):]:
         ax.set_visible(False)
     for ax, m in zip(axes.flat, measures):
+        shown: list[tuple[float, float]] = []  # (mean, std) of the points inside the near-FT view
         for x0 in MATCHED_UT:
             ax.axvline(x0, color="0.5", linestyle=":", linewidth=1, zorder=1)
         ax.axhline(100, color="0.7", linestyle="-", linewidth=0.8, zorder=1)
@@ -888,6 +928,8 @@ def draw_frontier(frontier: Frontier, out_dir: Path) -> tuple[list[Path], str]:
             if not pts:
                 continue
             xs, ys = [p.x.mean for p in pts], [p.kept[m.label].mean for p in pts]
+            if near_ft:
+                shown += [(p.kept[m.label].mean, p.kept[m.label].std or 0) for p in pts if p.x.mean >= NEAR_FT_FROM]
             style = dict(color=colors.get(method), marker=markers.get(method, "o"), markersize=6,
                          markeredgecolor="black", markeredgewidth=0.5)
             if method == "joint_ft":
@@ -904,20 +946,34 @@ def draw_frontier(frontier: Frontier, out_dir: Path) -> tuple[list[Path], str]:
         ax.set_title(m.label)
         ax.grid(True, alpha=0.3)
         ax.margins(0.08)
+        if near_ft:
+            # Lines to points further left leave the view at its edge; the y range is that of the points inside.
+            right = max(xs_all) + 0.08 * (max(xs_all) - NEAR_FT_FROM)
+            ax.set_xlim(NEAR_FT_FROM, max(right, MATCHED_UT[-1] + 2))
+            if shown:
+                lo, hi = min(y - s for y, s in shown), max(y + s for y, s in shown)
+                pad = 0.08 * (hi - lo) or 1.0
+                ax.set_ylim(lo - pad, hi + pad)
     handles = [Line2D([], [], color=colors.get(k), marker=markers.get(k, "o"), markeredgecolor="black",
                       markeredgewidth=0.5, linestyle="-" if k != "joint_ft" else "none") for k in methods]
     labels = [_method_label(k, len(frontier.curves[k]), frontier.knobs.get(k, "strength")) for k in methods]
     fig.legend(handles, labels, loc="outside right center", frameon=False, title="Method (strength knob)")
     start = (f"; starting model at {frontier.start_x:.0f}%, kept 100%" if frontier.start_x is not None else "")
-    fig.suptitle(f"Frontiers - {frontier.protocol.upper()} · {frontier.variant}: what is kept against UT-Acc "
+    view = f", near FT (x from {NEAR_FT_FROM:g}%)" if near_ft else ""
+    fig.suptitle(f"Frontiers - {frontier.protocol.upper()} · {frontier.variant}{view}: what is kept against UT-Acc "
                  f"(x = 100: FT's UT-Acc, {frontier.ft_ut:.1f}%{start})")
+    stem = f"frontier_{frontier.protocol}_{frontier.variant}" + ("_near_ft" if near_ft else "")
+    if near_ft:
+        caption = (f"The same curves from {NEAR_FT_FROM:g}% of FT's UT-Acc on, where the table reads them and the "
+                   "full figure crowds; each panel's y range fits the points shown (lines to points further left "
+                   "leave at the edge).")
+        return _save(fig, out_dir, stem), caption
     caption = ("Kept % of the starting model's above-chance score (y; 100 = nothing lost) against UT-Acc relative to "
                "FT's (x), one panel per retention measure; one curve per method through its strengths (labels: the "
                "knob's value), points are means over seeds with ± 1 std bars in both directions; dotted lines at "
                f"{' and '.join(f'{x:g}%' for x in MATCHED_UT)} of FT's UT-Acc, where the table reads the curves (the "
                "starting model, kept 100% at its own UT-Acc, is named in the title rather than drawn, so that the "
                "axes stay on the methods). Up and to the right is better.")
-    stem = f"frontier_{frontier.protocol}_{frontier.variant}"
     return _save(fig, out_dir, stem), caption
 
 
@@ -1002,8 +1058,7 @@ def render_report(runs: Sequence[RunRecord], tables: dict[str, dict[str, list[Ro
             if raw:
                 lines += ["", "Chance level not recorded for " + ", ".join(raw) + " (no class names in a run's "
                           "`splits`): kept % is the plain ratio `100 * after / before` there."]
-            if drawn:
-                paths, caption = drawn
+            for paths, caption in drawn:
                 png = Path(os.path.relpath(paths[0], out_dir)).as_posix()
                 svg = Path(os.path.relpath(paths[1], out_dir)).as_posix()
                 lines += ["", f"![frontiers {frontier.protocol} {frontier.variant}]({png})", "",
@@ -1046,8 +1101,8 @@ def write_report(runs_dir: str | os.PathLike, output: str | os.PathLike | None =
     if figures and runs:
         figs["fig4"] = draw_fig4(tables, out_dir)
         figs["fig5"] = draw_fig5(tables, out_dir)
-    figs["frontiers"] = [(f, draw_frontier(f, out_dir) if figures else None) for f in build_frontiers(tables, recall_at)
-                         if f.curves]
+    figs["frontiers"] = [(f, [d for d in (draw_frontier(f, out_dir), draw_frontier(f, out_dir, near_ft=True)) if d]
+                          if figures else []) for f in build_frontiers(tables, recall_at) if f.curves]
     from .io import atomic_write_text
 
     path = out_dir / "report.md"

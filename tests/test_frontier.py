@@ -102,6 +102,31 @@ def test_frontier_figure_and_plain_ratio_note(sweep, tmp_path):
     assert "Chance level not recorded for ZS top-1 cifar10" in md
 
 
+def test_near_ft_figure_only_when_points_lie_left_of_it(sweep, tmp_path):
+    # the fixture's leftmost point is at 80% of FT's UT-Acc: the full figure already is the near-FT view
+    md = write_report(sweep, tmp_path / "a").read_text()
+    assert not (tmp_path / "a" / "frontier_ost_WM_near_ft.png").exists() and "_near_ft.png" not in md
+    _run(sweep, "lwf_8", "lwf", 0, 30.0, 39.0, 11.5, lwf_alpha=8.0)  # 50% of FT's UT-Acc
+    md = write_report(sweep, tmp_path / "b").read_text()
+    for ext in ("png", "svg"):
+        assert (tmp_path / "b" / f"frontier_ost_WM_near_ft.{ext}").stat().st_size > 5000
+    assert "](frontier_ost_WM_near_ft.png)" in md and "(frontier_ost_WM_near_ft.svg)" in md
+    assert md.index("](frontier_ost_WM.png)") < md.index("](frontier_ost_WM_near_ft.png)")
+
+
+def test_fig4_names_a_strength_sweep_once_per_method(sweep):
+    from clip_cl.report import _settings_of
+
+    _run(sweep, "rkr_a", "rkr", 0, 59.0, 30.0, 9.0, learning_rate=1e-5)  # RKR (no strength knob), two settings
+    _run(sweep, "rkr_b", "rkr", 0, 59.5, 30.0, 9.0, learning_rate=2e-5)
+    (rows,) = group_runs(find_runs(sweep))["ost"].values()
+    strengths, knobs = _settings_of(rows)
+    assert knobs == {"lwf": "α", "vr_lwf": "λ"}  # FT has one row; RKR keeps its per-row labels
+    assert sorted(strengths[id(r)] for r in rows if r.method == "lwf") == ["0.5", "2.0"]
+    assert not any(r.method in ("ft", "rkr") for r in rows if id(r) in strengths)
+    assert len([r for r in rows if r.method == "rkr"]) == 2
+
+
 def test_no_frontier_without_ft(tmp_path):
     _run(tmp_path / "runs", "lwf", "lwf", 0, 50.0, 30.0, 9.0, lwf_alpha=0.5)
     assert build_frontiers(group_runs(find_runs(tmp_path / "runs"))) == []
