@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -112,3 +113,24 @@ def test_sweep_restores_even_if_evaluation_fails(tmp_path, tiny, random_images):
     assert all(torch.equal(p, merged[n]) for n, p in model.named_parameters())
     trainer.args.wise_alphas = []
     assert trainer.extra_evaluations(broken) == {}
+
+
+def test_same_model_as_mean_imm_over_sessions(tmp_path, tiny, random_images):
+    # Both merge each session's fine-tuned weights with the weights the session started from (ZSCL's WiSE-FT baseline
+    # does too, `--wise_ft_model n`), so with equal alphas they stay bit-identical session after session.
+    from clip_cl import IMMConfig, IMMTrainer
+
+    model, processor = tiny
+    start = snapshot(model)
+    models = {"wise": model, "imm": copy.deepcopy(model)}
+    common = dict(per_device_train_batch_size=2, max_steps=2, learning_rate=1e-2, save_strategy="no",
+                  report_to="none", disable_tqdm=True, use_cpu=True, seed=0)
+    for session, ids in enumerate(([3, 7], [1, 5])):
+        for name, (config_cls, trainer_cls, key) in {"wise": (WiSEFTConfig, WiSEFTTrainer, "wise_alpha"),
+                                                     "imm": (IMMConfig, IMMTrainer, "imm_alpha")}.items():
+            args = config_cls(output_dir=str(tmp_path / f"{name}{session}"), **common, **{key: 0.7})
+            trainer_cls(model=models[name], args=args, train_dataset=random_images(8, ids), processing_class=processor,
+                        class_names=["a", "b"], class_ids=ids, data_collator=collate).train()
+        wise, imm = snapshot(models["wise"]), snapshot(models["imm"])
+        assert all(torch.equal(wise[k], imm[k]) for k in wise), session
+    assert any(not torch.equal(wise[k], start[k]) for k in wise)  # they trained and merged, not stayed put
