@@ -229,12 +229,15 @@ def test_shipped_frontier_sweeps_expand():
                for r in runs)
 
 
-def test_ost_best_seeds_match_the_seed0_runs():
-    # seeds 1, 2 of ER and GeoDL: the configs of ost.yaml's runs but for the seed, so the report pools them
+@pytest.mark.parametrize("protocol, methods", [("ost", {"geodl", "er"}), ("mst", {"zscl", "er"})])
+def test_best_seeds_match_the_seed0_runs(protocol, methods):
+    # seeds 1, 2 of the two best single-seed methods: the configs of the seed-0 runs but for the seed, so the report
+    # pools them
     frontier = ROOT / "recipes" / "sweeps" / "frontier"
-    best = expand_sweep(load_sweep(frontier / "ost_best_seeds.yaml"))
-    seed0 = {(r.method, r.strength): r for r in expand_sweep(load_sweep(frontier / "ost.yaml"))}
-    assert len(best) == 16 and {r.seed for r in best} == {1, 2} and {r.method for r in best} == {"geodl", "er"}
+    best = expand_sweep(load_sweep(frontier / f"{protocol}_best_seeds.yaml"))
+    seed0 = {(r.method, r.strength): r for r in expand_sweep(load_sweep(frontier / f"{protocol}.yaml"))}
+    assert len(best) == 16 and {r.seed for r in best} == {1, 2} and {r.method for r in best} == methods
+    assert {r.protocol for r in best} == {protocol}
     drop = ("seed", "output_dir")
     for r in best:
         ref = seed0[r.method, r.strength]
