@@ -7,8 +7,8 @@ Writes `report.md` with
 - Fig. 5 (`fig5_retrieval.png/.svg`): TR@1 against IR@1, one panel per retrieval set and protocol;
 - frontiers (`frontier_<protocol>_<variant>.png/.svg`): per protocol and retention measure, kept % against UT-Acc
   relative to FT, one curve per method through its strengths, and a table of what each method keeps at matched UT-Acc
-  (90% and 100% of FT's); `frontier_<protocol>_<variant>_near_ft.png/.svg` repeats them from 80% of FT's UT-Acc on,
-  where curves that end near FT crowd the full view;
+  (90% and 100% of FT's); `frontier_<protocol>_<variant>_near_ft.png/.svg` repeats them from 80% to 120% of FT's
+  UT-Acc, where curves that end near FT crowd the full view;
 - the definitions of the metrics, and every run with its status, fingerprint and command.
 
 matplotlib is imported only when figures are drawn (with the Agg canvas, no pyplot state), so `import clip_cl` and
@@ -583,7 +583,7 @@ KNOB_NAMES: dict[str, str] = {"lwf_alpha": "α", "vr_lambda": "λ", "geodl_weigh
                               "lora_r": "rank", "replay_weight": "replay weight", "memory_size": "memory",
                               "gem_margin": "margin"}
 MATCHED_UT = (90.0, 100.0)  # the matched-UT table: kept % interpolated at these % of FT's UT-Acc
-NEAR_FT_FROM = 80.0  # the near-FT frontier figure shows x >= this (% of FT's UT-Acc)
+NEAR_FT = (80.0, 120.0)  # the near-FT frontier figure shows x in this range (% of FT's UT-Acc), where the table reads
 
 
 @dataclass
@@ -895,20 +895,20 @@ def draw_frontier(frontier: Frontier, out_dir: Path, near_ft: bool = False) -> t
     Args:
         frontier: the curves ([`build_frontiers`]).
         out_dir: folder for `frontier_<protocol>_<variant>.png/.svg`.
-        near_ft (`bool`, defaults to `False`): draw only x >= `NEAR_FT_FROM` (the region the matched-UT table reads,
+        near_ft (`bool`, defaults to `False`): draw only x within `NEAR_FT` (the region the matched-UT table reads,
             where curves that end near FT crowd the full figure) into `..._near_ft.png/.svg`, each panel's y range
             fitted to the points shown there.
 
     Returns:
-        `(paths, caption)`, or `None` for `near_ft` when no point lies left of `NEAR_FT_FROM` (the full figure is
-        already that view).
+        `(paths, caption)`, or `None` for `near_ft` when no point lies outside `NEAR_FT` (the full figure is already
+        that view).
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     measures = frontier.measures
     xs_all = [p.x.mean for pts in frontier.curves.values() for p in pts if p.x.mean is not None]
-    if near_ft and (not xs_all or min(xs_all) >= NEAR_FT_FROM):
+    if near_ft and (not xs_all or (min(xs_all) >= NEAR_FT[0] and max(xs_all) <= NEAR_FT[1])):
         return None
     ncols = min(3, len(measures))
     nrows = math.ceil(len(measures) / ncols)
@@ -929,7 +929,8 @@ def draw_frontier(frontier: Frontier, out_dir: Path, near_ft: bool = False) -> t
                 continue
             xs, ys = [p.x.mean for p in pts], [p.kept[m.label].mean for p in pts]
             if near_ft:
-                shown += [(p.kept[m.label].mean, p.kept[m.label].std or 0) for p in pts if p.x.mean >= NEAR_FT_FROM]
+                shown += [(p.kept[m.label].mean, p.kept[m.label].std or 0) for p in pts
+                          if NEAR_FT[0] <= p.x.mean <= NEAR_FT[1]]
             style = dict(color=colors.get(method), marker=markers.get(method, "o"), markersize=6,
                          markeredgecolor="black", markeredgewidth=0.5)
             if method == "joint_ft":
@@ -947,9 +948,9 @@ def draw_frontier(frontier: Frontier, out_dir: Path, near_ft: bool = False) -> t
         ax.grid(True, alpha=0.3)
         ax.margins(0.08)
         if near_ft:
-            # Lines to points further left leave the view at its edge; the y range is that of the points inside.
-            right = max(xs_all) + 0.08 * (max(xs_all) - NEAR_FT_FROM)
-            ax.set_xlim(NEAR_FT_FROM, max(right, MATCHED_UT[-1] + 2))
+            # Lines to points outside leave the view at its edge; the y range is that of the points inside.
+            right = min(max(xs_all) + 0.08 * (max(xs_all) - NEAR_FT[0]), NEAR_FT[1])
+            ax.set_xlim(NEAR_FT[0], max(right, MATCHED_UT[-1] + 2))
             if shown:
                 lo, hi = min(y - s for y, s in shown), max(y + s for y, s in shown)
                 pad = 0.08 * (hi - lo) or 1.0
@@ -959,14 +960,14 @@ def draw_frontier(frontier: Frontier, out_dir: Path, near_ft: bool = False) -> t
     labels = [_method_label(k, len(frontier.curves[k]), frontier.knobs.get(k, "strength")) for k in methods]
     fig.legend(handles, labels, loc="outside right center", frameon=False, title="Method (strength knob)")
     start = (f"; starting model at {frontier.start_x:.0f}%, kept 100%" if frontier.start_x is not None else "")
-    view = f", near FT (x from {NEAR_FT_FROM:g}%)" if near_ft else ""
+    view = f", near FT (x from {NEAR_FT[0]:g} to {NEAR_FT[1]:g}%)" if near_ft else ""
     fig.suptitle(f"Frontiers - {frontier.protocol.upper()} · {frontier.variant}{view}: what is kept against UT-Acc "
                  f"(x = 100: FT's UT-Acc, {frontier.ft_ut:.1f}%{start})")
     stem = f"frontier_{frontier.protocol}_{frontier.variant}" + ("_near_ft" if near_ft else "")
     if near_ft:
-        caption = (f"The same curves from {NEAR_FT_FROM:g}% of FT's UT-Acc on, where the table reads them and the "
-                   "full figure crowds; each panel's y range fits the points shown (lines to points further left "
-                   "leave at the edge).")
+        caption = (f"The same curves from {NEAR_FT[0]:g}% to {NEAR_FT[1]:g}% of FT's UT-Acc, where the table reads "
+                   "them and the full figure crowds; each panel's y range fits the points shown (lines to points "
+                   "outside leave at the edge).")
         return _save(fig, out_dir, stem), caption
     caption = ("Kept % of the starting model's above-chance score (y; 100 = nothing lost) against UT-Acc relative to "
                "FT's (x), one panel per retention measure; one curve per method through its strengths (labels: the "

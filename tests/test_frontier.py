@@ -102,8 +102,8 @@ def test_frontier_figure_and_plain_ratio_note(sweep, tmp_path):
     assert "Chance level not recorded for ZS top-1 cifar10" in md
 
 
-def test_near_ft_figure_only_when_points_lie_left_of_it(sweep, tmp_path):
-    # the fixture's leftmost point is at 80% of FT's UT-Acc: the full figure already is the near-FT view
+def test_near_ft_figure_only_when_points_lie_outside_it(sweep, tmp_path):
+    # the fixture's points lie within 80-102% of FT's UT-Acc: the full figure already is the near-FT view
     md = write_report(sweep, tmp_path / "a").read_text()
     assert not (tmp_path / "a" / "frontier_ost_WM_near_ft.png").exists() and "_near_ft.png" not in md
     _run(sweep, "lwf_8", "lwf", 0, 30.0, 39.0, 11.5, lwf_alpha=8.0)  # 50% of FT's UT-Acc
@@ -112,6 +112,10 @@ def test_near_ft_figure_only_when_points_lie_left_of_it(sweep, tmp_path):
         assert (tmp_path / "b" / f"frontier_ost_WM_near_ft.{ext}").stat().st_size > 5000
     assert "](frontier_ost_WM_near_ft.png)" in md and "(frontier_ost_WM_near_ft.svg)" in md
     assert md.index("](frontier_ost_WM.png)") < md.index("](frontier_ost_WM_near_ft.png)")
+    (sweep / "lwf_8").rename(tmp_path / "lwf_8")  # and to the right: 150% of FT's UT-Acc (MST's rehearsal methods)
+    _run(sweep, "er", "er", 0, 90.0, 39.0, 11.5, replay_weight=1.0)
+    write_report(sweep, tmp_path / "c")
+    assert (tmp_path / "c" / "frontier_ost_WM_near_ft.png").is_file()
 
 
 def test_fig4_names_a_strength_sweep_once_per_method(sweep):
