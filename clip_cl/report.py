@@ -715,6 +715,18 @@ class Frontier:
                  if not any(x2 >= x and y2 >= y and (x2 > x or y2 > y) for _, _, x2, y2 in pts)]
         return [(m, p) for m, p, _, _ in sorted(front, key=lambda t: t[2])]
 
+    def best_from(self, method: str, measure: Measure,
+                  min_x: float = MATCHED_UT[0]) -> tuple[FrontierPoint, float] | None:
+        """The mean point of `method` that keeps the most of `measure` among those at ≥ `min_x` % of FT's UT-Acc, with
+        its kept % (None: no point there). Unlike [`matched`] it reads no line between points: a strength that another
+        strength beats on both axes (curves that double back, as in MST) cannot lower it, and curves lying wholly
+        above FT's UT-Acc (MST's rehearsal methods) have a value."""
+        pts = [(y, p) for m, p, x, y in self._points(measure) if m == method and x >= min_x]
+        if not pts:
+            return None
+        y, point = max(pts, key=lambda t: t[0])
+        return point, y
+
     def reaching(self, measure: Measure, min_x: float = 90.0,
                  min_kept: float = 90.0) -> list[tuple[str, FrontierPoint]]:
         """The mean points with UT-Acc ≥ `min_x` % of FT's and kept % of `measure` ≥ `min_kept`."""
@@ -889,6 +901,21 @@ def render_matched_table(frontier: Frontier) -> list[str]:
     return lines
 
 
+def render_best_table(frontier: Frontier, min_x: float = MATCHED_UT[0]) -> list[str]:
+    """Markdown: per method and measure, the most it keeps at any strength with UT-Acc ≥ `min_x` % of FT's."""
+    head = ["Method"] + [m.label for m in frontier.measures]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for method in sorted(frontier.curves, key=_method_rank):
+        cells = []
+        for m in frontier.measures:
+            best = frontier.best_from(method, m, min_x)
+            cells.append("–" if best is None else f"{best[1]:.1f}" + (f" ({best[0].strength})" if best[0].strength
+                                                                      else ""))
+        label = _method_label(method, len(frontier.curves[method]), frontier.knobs.get(method, "strength"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def draw_frontier(frontier: Frontier, out_dir: Path, near_ft: bool = False) -> tuple[list[Path], str] | None:
     """Kept % (y) against UT-Acc relative to FT (x), one panel per retention measure, one curve per method.
 
@@ -1054,6 +1081,11 @@ def render_report(runs: Sequence[RunRecord], tables: dict[str, dict[str, list[Ro
             lines += [f"### {frontier.protocol.upper()} · {VARIANT_NAMES.get(frontier.variant, frontier.variant)} "
                       f"(FT's UT-Acc {frontier.ft_ut:.2f}%)", ""]
             lines += render_matched_table(frontier)
+            lines += ["", f"Best kept at **≥ {MATCHED_UT[0]:g}% of FT's UT-Acc**, over each method's strengths (the "
+                      "strength in brackets; `–`: no strength gets there). It reads the points themselves, so a "
+                      "strength that another beats on both axes cannot lower it, and curves that lie wholly above FT's "
+                      "UT-Acc have a value (in MST, methods that forget less than FT also score higher UT-Acc).", ""]
+            lines += render_best_table(frontier)
             lines += [""] + render_front_lines(frontier)
             raw = [label for label, known in frontier.chance_known.items() if not known]
             if raw:

@@ -78,6 +78,15 @@ def test_frontier_points_and_matched_table(sweep, tmp_path):
     # R@1 chance = 1 / 50 images = 2%: FT keeps (7 - 2) / (12 - 2) = 50%
     assert frontier.matched("ft", frontier.measures[1], 100.0) == pytest.approx(50.0)
 
+    # best kept at >= 90% of FT's UT-Acc, read off the points: LwF's alpha 0.5 (x 95, kept 80; alpha 2 is at x 80),
+    # VR-LwF's lambda 0.5 (x 98, kept 80) over lambda 0.1 (x 102, kept 70); none of LwF's points reach 100%
+    best = frontier.best_from("lwf", cifar)
+    assert best[0].strength == "0.5" and best[1] == pytest.approx(80.0)
+    best = frontier.best_from("vr_lwf", cifar)
+    assert best[0].strength == "0.5" and best[1] == pytest.approx(80.0)
+    assert frontier.best_from("lwf", cifar, 100.0) is None
+    assert frontier.best_from("vr_lwf", cifar, 100.0)[1] == pytest.approx(70.0)
+
     md = write_report(sweep, tmp_path / "out", figures=False).read_text()
     table = [line for line in md.split("## Frontiers", 1)[1].split("\n## ", 1)[0].splitlines() if line.startswith("|")]
     assert table[0] == ("| Method | strengths | UT-Acc range (% of FT) | ZS top-1 cifar10 @ 90% / 100% | "
@@ -85,6 +94,10 @@ def test_frontier_points_and_matched_table(sweep, tmp_path):
     assert table[2].startswith("| FT | 1 | 100.0 | n.r. / 50.0 | n.r. / 50.0 |")
     assert table[3].startswith("| LwF (α) | 2 | 80.0–95.0 | 83.3 / n.r. |")
     assert table[4].startswith("| VR-LwF (λ) | 2 | 98.0–102.0 | n.r. / 75.0 |")
+    # the best-at->=-90% table follows: FT 50 (one point, no strength), LwF 80.0 at alpha 0.5
+    assert table[5] == "| Method | ZS top-1 cifar10 | TR@1 coco | IR@1 coco |"
+    assert table[7].startswith("| FT | 50.0 | ") and table[8].startswith("| LwF (α) | 80.0 (0.5) | ")
+    assert table[9].startswith("| VR-LwF (λ) | 80.0 (0.5) | ")
     assert "plain ratio" not in md  # every measure recorded its chance level
 
 
