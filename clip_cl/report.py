@@ -757,12 +757,18 @@ def _knob_name(keys: Sequence[str]) -> str:
     return " / ".join(dict.fromkeys(KNOB_NAMES.get(k, k) for k in keys)) or "strength"
 
 
-def _settings_of(rows: Sequence[Row]) -> tuple[dict[int, str], dict[str, str]]:
-    """For methods with several rows (a sweep over strengths): each row's strength label and each method's knob."""
+def _configs_by_method(rows: Sequence[Row], runs_of=lambda row: row.runs) -> dict[str, list[dict]]:
+    """The config of each setting (row) of each method, read from its first run; rows without runs are left out."""
     configs: dict[str, list[dict]] = {}
     for row in rows:
-        if row.runs:
-            configs.setdefault(row.method, []).append(row.runs[0].results.get("config") or {})
+        if runs := runs_of(row):
+            configs.setdefault(row.method, []).append(runs[0].results.get("config") or {})
+    return configs
+
+
+def _settings_of(rows: Sequence[Row]) -> tuple[dict[int, str], dict[str, str]]:
+    """For methods with several rows (a sweep over strengths): each row's strength label and each method's knob."""
+    configs = _configs_by_method(rows)
     keys = {m: k for m, c in configs.items() if len(c) > 1 and (k := _varying_keys(m, c))}  # else: per-row labels
     strengths = {id(row): _strength_label(row.runs[0], keys[row.method]) for row in rows
                  if row.method in keys and row.runs}
@@ -808,10 +814,7 @@ def build_frontiers(tables: dict[str, dict[str, list[Row]]], recall_at: int = 1)
                                          if ev) for m in measures}
             curves: dict[str, list[FrontierPoint]] = {}
             starts = []
-            configs: dict[str, list[dict]] = {}
-            for row in rows:
-                if finished[id(row)]:
-                    configs.setdefault(row.method, []).append(finished[id(row)][0].results.get("config") or {})
+            configs = _configs_by_method(rows, lambda row: finished[id(row)])
             strength_keys = {method: _varying_keys(method, cfgs) for method, cfgs in configs.items()}
             for row in rows:
                 runs = finished[id(row)]
@@ -909,8 +912,11 @@ def render_best_table(frontier: Frontier, min_x: float = MATCHED_UT[0]) -> list[
         cells = []
         for m in frontier.measures:
             best = frontier.best_from(method, m, min_x)
-            cells.append("–" if best is None else f"{best[1]:.1f}" + (f" ({best[0].strength})" if best[0].strength
-                                                                      else ""))
+            if best is None:
+                cells.append("–")
+            else:
+                point, kept = best
+                cells.append(f"{kept:.1f} ({point.strength})" if point.strength else f"{kept:.1f}")
         label = _method_label(method, len(frontier.curves[method]), frontier.knobs.get(method, "strength"))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
